@@ -1,0 +1,170 @@
+"""The `richkd-deploy` command line.
+
+Each command parses its arguments, calls one library function and prints the
+result; no logic lives here. User errors (`RichKDError`) become one line on stderr
+and their exit code (2); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from richkd_deploy import __version__
+from richkd_deploy.errors import RichKDError
+
+RUN_HELP = "run folder (default: the newest run under ./runs)"
+
+
+def _overrides_option(f):
+    return click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. -o optim.epochs=1 (repeatable)")(f)
+
+
+def _resolve_run(run: str | None, require: str = "student.pt") -> Path:
+    from richkd_deploy.runs import newest_run
+
+    if run is None:
+        return newest_run(require=require)
+    path = Path(run)
+    if not (path / require).exists():
+        raise RichKDError(f"{path}: no {require} in this folder; give a run folder made by richkd-deploy train")
+    return path
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="richkd-deploy")
+def cli() -> None:
+    """Distil small image classifiers with RichKD, export them to ONNX/TensorRT, and
+    validate the exported artifacts before they ship."""
+
+
+@cli.group()
+def recipe() -> None:
+    """Inspect recipes."""
+
+
+@recipe.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_overrides_option
+def recipe_check(file: str, overrides: tuple[str, ...]) -> None:
+    """Validate FILE and print the resolved recipe."""
+    from richkd_deploy import recipe as recipe_mod
+
+    r = recipe_mod.load(file, overrides)
+    click.echo(r.to_yaml(), nl=False)
+    click.echo(f"# ok: {file} (hash {r.hash()[:12]})", err=True)
+
+
+@cli.command()
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path(dir_okay=False))
+@_overrides_option
+@click.option("--run-dir", type=click.Path(file_okay=False), help="run folder (default: runs/<recipe name>)")
+@click.option("--resume", is_flag=True, help="continue from the run folder's last checkpoint")
+@click.option("--force", is_flag=True, help="start over in a run folder that already holds a run")
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="processes on this machine (launches torchrun; DDP)")
+@click.option("--quiet", is_flag=True, help="no progress bars or per-epoch lines")
+def train(recipe_file: str, overrides: tuple[str, ...], run_dir: str | None, resume: bool, force: bool, nproc: int,
+          quiet: bool) -> None:
+    """Train the teacher (if needed) and distil the student described by RECIPE."""
+    from richkd_deploy import recipe as recipe_mod
+
+    r = recipe_mod.load(recipe_file, overrides)  # validate before launching anything
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "richkd_deploy", "train", recipe_file, *sum((["-o", o] for o in overrides), [])]
+        cmd += (["--run-dir", run_dir] if run_dir else []) + (["--resume"] if resume else []) + \
+               (["--force"] if force else []) + (["--quiet"] if quiet else [])
+        raise SystemExit(subprocess.call(cmd))
+    from richkd_deploy.train import train_run
+
+    root = train_run(r, Path(run_dir) if run_dir else None, resume=resume, force=force, quiet=quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"done: {root / 'student.pt'}")
+
+
+@cli.command()
+@click.argument("run", required=False, type=click.Path(file_okay=False))
+@click.option("--trt", is_flag=True, help="also build TensorRT engines (needs tensorrt and an NVIDIA GPU)")
+@click.option("--force", is_flag=True, help="replace an existing export")
+@click.option("--quiet", is_flag=True)
+def export(run: str | None, trt: bool, force: bool, quiet: bool) -> None:
+    """Export a finished run to ONNX (fp32, fp16, int8 Q/DQ) and, with --trt, TensorRT."""
+    from exporters.pipeline import export_run
+
+    root = _resolve_run(run)
+    export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo)
+    click.echo(f"done: {root / 'export' / 'manifest.json'}")
+
+
+@cli.command()
+@click.argument("run", required=False, type=click.Path(file_okay=False))
+@click.option("--artifact", "artifacts", multiple=True, help="evaluate only this artifact (repeatable)")
+@click.option("--calibrate", is_flag=True, help="fit a temperature and add model.calibrated.onnx")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="onnxruntime execution provider")
+@click.option("--json", "as_json", is_flag=True, help="also print the results document to stdout")
+@click.option("--quiet", is_flag=True)
+def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provider: str, as_json: bool,
+             quiet: bool) -> None:
+    """Check accuracy, calibration and corruption robustness of the exported artifacts
+    against the recipe's gates. Exit 0 if every gate holds, 1 if one fails."""
+    from richkd_deploy.evaluate.harness import validate_run
+
+    root = _resolve_run(run)
+    results = validate_run(root, artifacts=artifacts, calibrate=calibrate, provider=provider, quiet=quiet,
+                           log=(lambda m: None) if (quiet or as_json) else click.echo)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    raise SystemExit(results["exit_code"])
+
+
+@cli.command()
+@click.argument("run", required=False, type=click.Path(file_okay=False))
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="intra-op threads (default: all cores)")
+@click.option("--iters", type=click.IntRange(1, 100000), default=50, show_default=True)
+def bench(run: str | None, threads: int | None, iters: int) -> None:
+    """Latency and throughput of torch eager vs onnxruntime FP32 and INT8."""
+    from richkd_deploy.evaluate.latency import bench_run
+
+    bench_run(_resolve_run(run), threads=threads, iters=iters, log=click.echo)
+
+
+@cli.command("models")
+@click.argument("pattern", required=False)
+def list_models_cmd(pattern: str | None) -> None:
+    """List the registered architectures (optionally matching a glob PATTERN)."""
+    from richkd_deploy.models import list_models
+
+    for name in list_models(pattern):
+        click.echo(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="richkd-deploy", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        raise SystemExit(130) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except RichKDError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except OSError as exc:
+        if exc.errno in (28, 27):  # ENOSPC, EFBIG
+            click.echo(f"error: {exc.strerror}: {exc.filename or ''}; free space or raise the limit, then rerun",
+                       err=True)
+            raise SystemExit(2) from None
+        raise
+    raise SystemExit(0)

@@ -1,0 +1,458 @@
+"""Typed recipe schema, YAML loading, command-line overrides and validation.
+
+A recipe is the single description of a job: it must be rejected early, with the
+key path, the bad value and what is allowed, because a typo found after an hour of
+training is an hour lost. The schema is plain frozen dataclasses so every other
+module reads typed attributes instead of dict lookups; `_build` walks the field
+types to coerce and check values, so adding a field is one line here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from richkd_deploy.errors import RecipeError
+
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}",
+    "a blurry photo of a {}",
+    "a cropped photo of a {}",
+    "a close-up photo of a {}",
+    "a low resolution photo of a {}",
+    "a bright photo of a {}",
+    "a picture of a {}",
+    "a detailed image of a {}",
+    "a sketch of a {}",
+    "a natural photo of a {} in the wild",
+    "a realistic image of a {}",
+    "a high quality photo of a {}",
+)
+
+DISTILL_METHODS = ("vanilla", "kd", "crd", "richkd_l", "richkd_f", "richkd_lf")
+
+
+class _PathStr(str):
+    """Marker type: a string that is a file path, resolved relative to the recipe."""
+
+
+PathStr = _PathStr
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["cifar10", "cifar100", "fashion-mnist", "imagefolder", "synthetic"] = "cifar100"
+    root: PathStr | None = None
+    download: bool = True
+    input_size: int = 32
+    train_limit: int | None = None
+    test_limit: int | None = None
+    holdout_fraction: float = 0.1
+    num_workers: int = 2
+    crop_padding: int = 4
+    hflip: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    synthetic_fallback: bool = False  # smoke tests: use generated images when the dataset is absent
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    arch: str = "resnet32x4"
+    checkpoint: str | None = None
+    checkpoint_member: str | None = None
+    sha256: str | None = None
+    epochs: int | None = None
+    lr: float | None = None
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    arch: str = "resnet8x4"
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    model: str = "ViT-L-14"
+    pretrained: str = "openai"
+    allow_random: bool = False
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    class_name_format: Literal["spaces", "raw"] = "spaces"
+    logit_scale: Literal["learned"] | float = "learned"
+    targets: Literal["cached", "online"] = "cached"
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    method: Literal["vanilla", "kd", "crd", "richkd_l", "richkd_f", "richkd_lf"] = "richkd_lf"
+    temperature: float = 3.0
+    w_ce: float = 1.0
+    w_logit: float = 3.0
+    w_feat: float = 0.8
+    alpha: float = 0.7
+    lam: float = 0.7
+    feat_dim: int = 128
+    nce_k: int = 16384
+    nce_t: float = 0.07
+    nce_momentum: float = 0.5
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = (150, 180, 210)
+    gamma: float = 0.1
+    amp: bool = True
+    lr_scaling: Literal["none", "linear"] = "none"
+    sync_bn: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class TrtConfig:
+    min_batch: int = 1
+    opt_batch: int = 32
+    max_batch: int = 64
+    workspace_mb: int = 1024
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    precisions: tuple[Literal["fp32", "fp16", "int8"], ...] = ("fp32", "fp16", "int8")
+    calibration_images: int = 512
+    parity_atol: float = 1e-4
+    parity_min_agreement: float = 1.0
+    parity_images: int = 256
+    trt: TrtConfig = field(default_factory=TrtConfig)
+
+
+@dataclass(frozen=True)
+class CorruptionConfig:
+    names: tuple[str, ...] | None = None
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    samples: int = 1000
+    source: PathStr | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    max_top1_drop: float | None = 0.01
+    min_agreement: float | None = 0.97
+    max_ece: float | None = None
+    max_ece_increase: float | None = 0.02
+    min_corruption_accuracy: float | None = None
+    max_corruption_drop: float | None = 0.03
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    batch_size: int = 256
+    test_limit: int | None = None
+    confidence_threshold: float = 0.9
+    calibration_split: Literal["holdout"] = "holdout"
+    corruptions: CorruptionConfig = field(default_factory=CorruptionConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "run"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    source: str | None = None  # the recipe file, filled in by load()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-safe dict (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """sha256 of the resolved recipe minus its file location: two runs with the same
+        settings have the same hash wherever the recipe file lives."""
+        d = self.to_dict()
+        d.pop("source", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.distill.method != "vanilla"
+
+    @property
+    def needs_clip(self) -> bool:
+        return self.distill.method.startswith("richkd")
+
+
+# Range checks that a type alone cannot express: key path -> (predicate, what is allowed).
+_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.input_size": (lambda v: 8 <= v <= 4096, "an integer from 8 to 4096"),
+    "data.train_limit": (lambda v: v is None or v >= 1, "null or a positive integer"),
+    "data.test_limit": (lambda v: v is None or v >= 1, "null or a positive integer"),
+    "data.holdout_fraction": (lambda v: 0.0 <= v < 0.9, "a fraction in [0, 0.9)"),
+    "data.num_workers": (lambda v: 0 <= v <= 64, "an integer from 0 to 64"),
+    "data.crop_padding": (lambda v: 0 <= v <= 64, "an integer from 0 to 64"),
+    "teacher.epochs": (lambda v: v is None or 1 <= v <= 10000, "null or 1..10000"),
+    "teacher.lr": (lambda v: v is None or 0 < v <= 10, "null or a number in (0, 10]"),
+    "clip.batch_size": (lambda v: 1 <= v <= 65536, "1..65536"),
+    "clip.logit_scale": (lambda v: v == "learned" or 0 < v <= 1000, "'learned' or a number in (0, 1000]"),
+    "clip.templates": (lambda v: len(v) >= 1 and all("{}" in t for t in v), "a non-empty list of strings each containing '{}'"),
+    "distill.temperature": (lambda v: 0 < v <= 100, "a number in (0, 100]"),
+    "distill.w_ce": (lambda v: 0 <= v <= 1000, "a number in [0, 1000]"),
+    "distill.w_logit": (lambda v: 0 <= v <= 1000, "a number in [0, 1000]"),
+    "distill.w_feat": (lambda v: 0 <= v <= 1000, "a number in [0, 1000]"),
+    "distill.alpha": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "distill.lam": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "distill.feat_dim": (lambda v: 1 <= v <= 8192, "1..8192"),
+    "distill.nce_k": (lambda v: 1 <= v <= 10_000_000, "1..10000000"),
+    "distill.nce_t": (lambda v: 0 < v <= 10, "a number in (0, 10]"),
+    "distill.nce_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optim.epochs": (lambda v: 1 <= v <= 10000, "1..10000"),
+    "optim.batch_size": (lambda v: 1 <= v <= 65536, "1..65536"),
+    "optim.lr": (lambda v: 0 < v <= 10, "a number in (0, 10]"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optim.weight_decay": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "optim.milestones": (lambda v: all(m >= 1 for m in v) and list(v) == sorted(v), "increasing positive epochs"),
+    "optim.gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "export.opset": (lambda v: 13 <= v <= 23, "an ONNX opset from 13 to 23"),
+    "export.precisions": (lambda v: len(v) >= 1 and "fp32" in v, "a list that includes fp32 (the others derive from it)"),
+    "export.calibration_images": (lambda v: 1 <= v <= 100000, "1..100000"),
+    "export.parity_atol": (lambda v: 0 < v <= 10, "a number in (0, 10]"),
+    "export.parity_min_agreement": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    "export.parity_images": (lambda v: 1 <= v <= 100000, "1..100000"),
+    "export.trt.min_batch": (lambda v: 1 <= v <= 65536, "1..65536"),
+    "export.trt.opt_batch": (lambda v: 1 <= v <= 65536, "1..65536"),
+    "export.trt.max_batch": (lambda v: 1 <= v <= 65536, "1..65536"),
+    "export.trt.workspace_mb": (lambda v: 16 <= v <= 1_000_000, "16..1000000 MiB"),
+    "validate.batch_size": (lambda v: 1 <= v <= 65536, "1..65536"),
+    "validate.test_limit": (lambda v: v is None or v >= 1, "null or a positive integer"),
+    "validate.confidence_threshold": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "validate.corruptions.severities": (lambda v: len(v) >= 1 and all(1 <= s <= 5 for s in v), "a non-empty list of severities 1..5"),
+    "validate.corruptions.samples": (lambda v: 1 <= v <= 10_000_000, "a positive integer"),
+    "name": (lambda v: 1 <= len(v) <= 100 and all(c.isalnum() or c in "-_." for c in v) and not v.startswith("."),
+             "1-100 characters of letters, digits, '-', '_' or '.' (it names the run folder)"),
+}
+for _gate in ("max_top1_drop", "min_agreement", "max_ece", "max_ece_increase",
+              "min_corruption_accuracy", "max_corruption_drop"):
+    _RANGES[f"validate.gates.{_gate}"] = (lambda v: v is None or 0 <= v <= 1, "null or a fraction in [0, 1]")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, _PathStr):
+        return str(obj)
+    return obj
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if tp is _PathStr:
+        return "a file path"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _coerce(tp: Any, value: Any, path: str, base_dir: Path) -> Any:
+    """Check `value` against type `tp`, converting where YAML is looser (int -> float,
+    list -> tuple). Raises RecipeError naming the key path."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            try:
+                return _coerce(arg, value, path, base_dir)
+            except RecipeError as exc:
+                errors.append(exc)
+        raise RecipeError(f"{path}: got {_short(value)}, expected {_describe(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise RecipeError(f"{path}: got {_short(value)}, expected null")
+    if origin is Literal:
+        if value in get_args(tp) and not isinstance(value, bool):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RecipeError(f"{path}: got {_short(value)}, expected {_describe(tp)}{hint}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{path}: got {_short(value)}, expected {_describe(tp)}")
+        inner = get_args(tp)[0]
+        return tuple(_coerce(inner, v, f"{path}[{i}]", base_dir) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise RecipeError(f"{path}: got {_short(value)}, expected a mapping of {tp.__name__} keys")
+        return _build(tp, value, path, base_dir)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise RecipeError(f"{path}: got {_short(value)}, expected a finite number")
+            return float(value)
+    elif tp is _PathStr:
+        if isinstance(value, str) and value and "\x00" not in value:
+            p = Path(value).expanduser()
+            return _PathStr(p if p.is_absolute() else (base_dir / p).resolve())
+    elif tp is str:
+        if isinstance(value, str) and "\x00" not in value:
+            return value
+    raise RecipeError(f"{path}: got {_short(value)}, expected {_describe(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, base_dir: Path) -> Any:
+    hints = typing.get_type_hints(cls, globalns={**globals(), "PathStr": _PathStr})
+    names = [f.name for f in dataclasses.fields(cls) if not (cls is Recipe and f.name == "source")]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise RecipeError(f"{path}: unknown key; {hint}allowed here: {', '.join(names)}")
+        coerced = _coerce(hints[key], value, path, base_dir)
+        check = _RANGES.get(path)
+        if check is not None and not check[0](coerced):
+            raise RecipeError(f"{path}: got {_short(value)}, expected {check[1]}")
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"override {text!r}: expected KEY=VALUE, e.g. -o optim.epochs=1")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"override {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"override {'.'.join(parts)}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _cross_checks(recipe: Recipe) -> None:
+    """Rules that involve more than one key."""
+    if recipe.needs_clip and recipe.clip.pretrained.lower() == "none" and not recipe.clip.allow_random:
+        raise RecipeError(
+            "clip.pretrained: 'none' means random CLIP weights, which teach nothing; "
+            "set clip.allow_random: true to run anyway (for tests), or give a hub tag or a local checkpoint")
+    t = recipe.export.trt
+    if not t.min_batch <= t.opt_batch <= t.max_batch:
+        raise RecipeError(f"export.trt: need min_batch <= opt_batch <= max_batch, got {t.min_batch}, {t.opt_batch}, {t.max_batch}")
+    for key in ("mean", "std"):
+        v = getattr(recipe.data, key)
+        if v is not None and len(v) not in (1, 3):
+            raise RecipeError(f"data.{key}: expected 1 or 3 numbers, got {len(v)}")
+    if recipe.data.std is not None and any(s <= 0 for s in recipe.data.std):
+        raise RecipeError("data.std: every value must be positive")
+    if recipe.data.dataset == "imagefolder" and recipe.data.root is None:
+        raise RecipeError("data.root: imagefolder needs a folder with train/ and test/ subfolders")
+    if recipe.data.root is not None and not Path(recipe.data.root).exists() and recipe.data.dataset != "cifar10" \
+            and recipe.data.dataset != "cifar100":
+        raise RecipeError(f"data.root: {recipe.data.root} does not exist")
+    ckpt = recipe.teacher.checkpoint
+    if ckpt and not ckpt.startswith(("http://", "https://")):
+        if not Path(ckpt).is_file():
+            raise RecipeError(f"teacher.checkpoint: {ckpt} is not a file; give a local path, an http(s) URL, or null to train the teacher")
+
+
+def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | None = None,
+              overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Build a Recipe from a parsed mapping; `base_dir` anchors relative paths."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe: expected a mapping of sections at the top level, got {type(data).__name__}")
+    data = json.loads(json.dumps(data, default=str))  # deep copy, normalises YAML dates etc.
+    for text in overrides:
+        parts, value = _parse_override(text)
+        _apply_override(data, parts, value)
+    base = Path(base_dir).resolve()
+    ckpt = (data.get("teacher") or {}).get("checkpoint") if isinstance(data.get("teacher"), dict) else None
+    if isinstance(ckpt, str) and ckpt and not ckpt.startswith(("http://", "https://")):
+        p = Path(ckpt).expanduser()
+        data["teacher"]["checkpoint"] = str(p if p.is_absolute() else (base / p).resolve())
+    data.pop("source", None)  # a saved recipe.yaml records where it came from; not a setting
+    recipe = _build(Recipe, data, "", base)
+    recipe = dataclasses.replace(recipe, source=source)
+    _cross_checks(recipe)
+    return recipe
+
+
+def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Load a recipe file, apply `-o key=value` overrides, and validate everything."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe {p}: file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"recipe {p}: not valid YAML ({first})") from None
+    except OSError as exc:
+        raise RecipeError(f"recipe {p}: cannot read it ({exc.strerror})") from None
+    return from_dict(data, base_dir=p.resolve().parent, source=str(p.resolve()), overrides=overrides)

@@ -1,0 +1,222 @@
+"""`richkd-deploy train`: the teacher stage, the CLIP stage and the student stage.
+
+The stages are ordered so that the expensive, reusable results (a trained teacher,
+the CLIP cache) are written to the run folder before the student starts, and a
+resumed run picks them up instead of redoing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from richkd_deploy import __version__, data, models
+from richkd_deploy.data.for_recipe import RecipeDatasets as Datasets
+from richkd_deploy.data.for_recipe import build_recipe_datasets
+from richkd_deploy.errors import RunError
+from richkd_deploy.recipe import Recipe
+from richkd_deploy.runs import DEFAULT_RUNS_ROOT, RunDir, atomic_write_text, check_writable, run_lock
+from richkd_deploy.train import devices
+from richkd_deploy.train.dist import DistContext
+from richkd_deploy.train.log import RunLog
+from richkd_deploy.train.loop import Stage, evaluate, fit, save_torch
+
+STUDENT_FORMAT = "richkd-deploy/student/1"
+TEACHER_FORMAT = "richkd-deploy/teacher/1"
+CHECKPOINT_CACHE = Path.home() / ".cache" / "richkd-deploy" / "checkpoints"
+
+
+def run_dir_for(recipe: Recipe, run_dir: Path | None) -> RunDir:
+    return RunDir(Path(run_dir) if run_dir is not None else DEFAULT_RUNS_ROOT / recipe.name)
+
+
+def _prepare_run_folder(recipe: Recipe, run: RunDir, resume: bool, force: bool) -> None:
+    started = run.recipe.exists() and (run.last.exists() or run.student.exists() or
+                                       (run.teacher_dir / "checkpoints" / "last.pt").exists())
+    if started and not (resume or force):
+        raise RunError(f"{run.root} already holds a run; pass --resume to continue it, --force to start over, "
+                       "or --run-dir for a new folder")
+    if resume and run.recipe.exists():
+        from richkd_deploy import recipe as recipe_mod
+
+        previous = recipe_mod.load(run.recipe)
+        changed = _changed_keys(previous.to_dict(), recipe.to_dict())
+        changed = [k for k in changed if k not in ("source",) and not k.startswith("optim.epochs")]
+        if changed:
+            raise RunError(f"cannot resume {run.root}: the recipe changed since the run started ({', '.join(changed[:5])}); "
+                           "resume with the same recipe, or pass --force to start over")
+    if force and not resume:
+        for path in (run.last, run.best, run.student, run.teacher_dir / "checkpoints" / "last.pt", run.teacher):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    atomic_write_text(run.recipe, recipe.to_yaml())
+
+
+def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        path = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _changed_keys(va, vb, path + ".")
+        elif va != vb:
+            keys.append(path)
+    return keys
+
+
+def _ce_compute(model: nn.Module):
+    def compute(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
+        logits, _ = model(images)
+        return logits, {"ce": F.cross_entropy(logits, labels)}
+    return compute
+
+
+def _loader(ds: Any, recipe: Recipe, batch_size: int | None = None) -> Any:
+    return data.make_loader(ds, batch_size=batch_size or recipe.validate.batch_size, shuffle=False,
+                            num_workers=recipe.data.num_workers, seed=recipe.seed)
+
+
+def load_teacher_weights(recipe: Recipe, teacher: nn.Module, log: RunLog) -> str:
+    """Load a teacher checkpoint strictly from a path or URL; returns its local path."""
+    t = recipe.teacher
+    assert t.checkpoint is not None
+    path = models.fetch_checkpoint(t.checkpoint, cache_dir=CHECKPOINT_CACHE, member=t.checkpoint_member,
+                                   sha256=t.sha256, progress=not log.quiet)
+    models.load_state_dict_strict(teacher, models.load_checkpoint(path), source=str(path))
+    log(f"[teacher] loaded {t.arch} from {path}")
+    return str(path)
+
+
+def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.device, log: RunLog, resume: bool,
+                  quiet: bool, dist: DistContext) -> tuple[nn.Module, str]:
+    """The teacher, loaded strictly or trained here; its test accuracy is measured
+    either way, because public checkpoints have been found below their reported accuracy."""
+    teacher = models.create_model(recipe.teacher.arch, num_classes=len(ds.classes)).to(device)
+    test_loader = _loader(ds.test, recipe)
+    if recipe.teacher.checkpoint:
+        source = load_teacher_weights(recipe, teacher, log)
+    elif run.teacher.exists():
+        models.load_state_dict_strict(teacher, models.load_checkpoint(run.teacher), source=str(run.teacher))
+        source = str(run.teacher)
+        log(f"[teacher] reusing the teacher trained earlier in this run ({run.teacher})")
+    else:
+        epochs = recipe.teacher.epochs or recipe.optim.epochs
+        log(f"[teacher] no teacher.checkpoint: training {recipe.teacher.arch} for {epochs} epochs first")
+        stage = Stage(name="teacher", module=teacher, classifier=teacher, compute=_ce_compute(teacher),
+                      term_names=["ce"], parameters=list(teacher.parameters()), folder=run.teacher_dir,
+                      epochs=epochs, lr=recipe.teacher.lr or recipe.optim.lr,
+                      metrics_comments=[f"richkd-deploy {__version__} teacher stage, arch {recipe.teacher.arch}"],
+                      checkpoint_meta={"arch": recipe.teacher.arch, "num_classes": len(ds.classes)})
+        fit(stage, recipe.optim, ds.train, test_loader, data.make_loader, device, recipe.seed,
+            recipe.data.num_workers, log, resume, quiet, dist)
+        if dist.is_main:
+            save_torch({"format": TEACHER_FORMAT, "model": teacher.state_dict(), "arch": recipe.teacher.arch,
+                        "num_classes": len(ds.classes), "classes": ds.classes}, run.teacher)
+        source = str(run.teacher)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher.eval()
+    _, acc, n = evaluate(teacher, test_loader, device, devices.amp_enabled(device, recipe.optim.amp))
+    log(f"[teacher] {recipe.teacher.arch} test top-1 {acc:.4f} on {n} images")
+    return teacher, source
+
+
+def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.device, log: RunLog, resume: bool,
+                  quiet: bool, dist: DistContext, teacher: nn.Module | None, clip_targets: Any,
+                  comments: list[str]) -> dict[str, Any]:
+    from richkd_deploy import distill
+
+    student = models.create_model(recipe.student.arch, num_classes=len(ds.classes)).to(device)
+    distiller = distill.create_distiller(recipe.distill.method, recipe.distill, student=student, teacher=teacher,
+                                         clip_targets=clip_targets, num_train=len(ds.train), device=device)
+    distiller.to(device)
+    stage = Stage(name="student", module=distiller, classifier=student, compute=distiller,
+                  term_names=distill.term_names(recipe.distill.method, recipe.distill),
+                  parameters=list(distiller.trainable_parameters()), folder=run.root, epochs=recipe.optim.epochs,
+                  lr=recipe.optim.lr, metrics_comments=comments,
+                  checkpoint_meta={"arch": recipe.student.arch, "num_classes": len(ds.classes)})
+    return fit(stage, recipe.optim, ds.train, _loader(ds.test, recipe), data.make_loader, device, recipe.seed,
+               recipe.data.num_workers, log, resume, quiet, dist) | {"student": student}
+
+
+def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False, force: bool = False,
+              quiet: bool = False) -> Path:
+    """Run every stage of `recipe` and return the run folder (holding student.pt)."""
+    device = devices.resolve_device(recipe.device)
+    dist = DistContext.from_env(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    run = run_dir_for(recipe, run_dir)
+    check_writable(run.root)
+    lock = run_lock(run.root, "train") if dist.is_main else contextlib.nullcontext()
+    with lock:
+        if dist.is_main:
+            _prepare_run_folder(recipe, run, resume, force)
+        dist.barrier()
+        log = RunLog(run.log, quiet=quiet, enabled=dist.is_main)
+        torch.manual_seed(recipe.seed)
+        log(f"richkd-deploy {__version__}: recipe {recipe.name} ({recipe.source or 'inline'}), "
+            f"method {recipe.distill.method}, device {device}, run folder {run.root}")
+        ds = build_recipe_datasets(recipe)
+        if ds.dataset != recipe.data.dataset:
+            log.warn(f"{recipe.data.dataset} is not available here: data.synthetic_fallback is on, using generated images")
+        log(f"data: {ds.dataset} train {len(ds.train)} / holdout {len(ds.holdout) if ds.holdout else 0} / "
+            f"test {len(ds.test)}, {len(ds.classes)} classes")
+        if dist.enabled:
+            eff = recipe.optim.batch_size * dist.world_size
+            log(f"DDP: {dist.world_size} processes x batch {recipe.optim.batch_size} = effective batch {eff}")
+
+        teacher, teacher_source = (None, None)
+        if recipe.needs_teacher:
+            teacher, teacher_source = teacher_stage(recipe, run, ds, device, log, resume, quiet, dist)
+        else:
+            log("[teacher] vanilla training needs no teacher; skipping the teacher stage")
+
+        clip_targets, clip_random = None, False
+        comments = [f"richkd-deploy {__version__} student stage, method {recipe.distill.method}, recipe hash {recipe.hash()[:12]}"]
+        if recipe.needs_clip:
+            from richkd_deploy.clip import prepare_clip_targets
+
+            clip_targets = prepare_clip_targets(recipe, run, ds.train, ds.test, device, log, mean=ds.mean, std=ds.std)
+            clip_random = bool(clip_targets.is_random)
+            comments.append(f"clip: {recipe.clip.model} pretrained={recipe.clip.pretrained}"
+                            + (" -- RANDOM CLIP WEIGHTS, not for shipping" if clip_random else ""))
+
+        final = student_stage(recipe, run, ds, device, log, resume, quiet, dist, teacher, clip_targets, comments)
+        student = final.pop("student")
+        if dist.is_main:
+            save_torch(student_payload(recipe, student, ds, clip_random, teacher_source, final), run.student)
+            log(f"student: {run.student} (test top-1 {final.get('test_acc', float('nan')):.4f})")
+        dist.barrier()
+    return run.root
+
+
+def student_payload(recipe: Recipe, student: nn.Module, ds: Datasets, clip_random: bool,
+                    teacher_source: str | None, final: dict[str, Any]) -> dict[str, Any]:
+    """What `student.pt` holds: the weights plus everything export and validate need,
+    so neither has to guess the architecture, classes or normalisation."""
+    return {
+        "format": STUDENT_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+        "arch": recipe.student.arch,
+        "num_classes": len(ds.classes),
+        "classes": list(ds.classes),
+        "input_size": recipe.data.input_size,
+        "channels": 3,
+        "mean": [float(m) for m in ds.mean],
+        "std": [float(s) for s in ds.std],
+        "recipe": recipe.to_dict(),
+        "recipe_hash": recipe.hash(),
+        "clip_random": clip_random,
+        "clip": {"model": recipe.clip.model, "pretrained": recipe.clip.pretrained} if recipe.needs_clip else None,
+        "method": recipe.distill.method,
+        "temperature": None,
+        "teacher": {"arch": recipe.teacher.arch, "checkpoint": teacher_source} if teacher_source else None,
+        "test_acc": float(final.get("test_acc", float("nan"))),
+        "version": __version__,
+    }
