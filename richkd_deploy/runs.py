@@ -23,6 +23,8 @@ from typing import IO, Any
 from richkd_deploy.errors import RunError
 
 DEFAULT_RUNS_ROOT = Path("runs")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ def atomic_write(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are meant to be shared
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
