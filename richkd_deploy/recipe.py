@@ -450,6 +450,10 @@ def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | No
         p = Path(ckpt).expanduser()
         data["teacher"]["checkpoint"] = str(p if p.is_absolute() else (base / p).resolve())
     data.pop("source", None)  # a saved recipe.yaml records where it came from; not a setting
+    pretrained = (data.get("clip") or {}).get("pretrained") if isinstance(data.get("clip"), dict) else None
+    if isinstance(pretrained, str) and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        p = Path(pretrained).expanduser()  # a local CLIP checkpoint, not a hub tag
+        data["clip"]["pretrained"] = str(p if p.is_absolute() else (base / p).resolve())
     recipe = _build(Recipe, data, "", base)
     recipe = dataclasses.replace(recipe, source=source)
     _cross_checks(recipe)

@@ -185,22 +185,23 @@ def validate_run(run_dir: Path, artifacts: Sequence[str] = (), calibrate: bool =
 
         ds = build_eval_datasets(recipe, test_limit=v.test_limit)
         mean, std = payload["mean"], payload["std"]
-        test_u8 = ds.test.uint8_batch(np.arange(len(ds.test)))
+        size = recipe.data.input_size
+        test_u8 = ds.test.uint8_batch(np.arange(len(ds.test)), size=size)
         labels = np.asarray(ds.test.labels, dtype=np.int64)[: len(test_u8)]
         test_x = _normalise(test_u8, mean, std)
         _check_input_shape(test_x, payload)
         holdout_x = holdout_y = None
         if ds.holdout is not None:
-            holdout_x = _normalise(ds.holdout.uint8_batch(np.arange(len(ds.holdout))), mean, std)
+            holdout_x = _normalise(ds.holdout.uint8_batch(np.arange(len(ds.holdout)), size=size), mean, std)
             holdout_y = np.asarray(ds.holdout.labels, dtype=np.int64)
 
-        rows = [_Row("torch-fp32", "student", str(run.student), TorchBackend.from_checkpoint(run.student),
+        rows = [_Row("torch-fp32", "student", str(run.student), TorchBackend(run.student),
                      "torch", "fp32")]
         teacher = payload.get("teacher")
         if teacher and teacher.get("checkpoint") and Path(teacher["checkpoint"]).exists():
             rows.append(_Row("teacher", "teacher", teacher["checkpoint"],
-                             TorchBackend.from_checkpoint(Path(teacher["checkpoint"]), arch=teacher["arch"],
-                                                          num_classes=payload["num_classes"]), "torch", "fp32"))
+                             TorchBackend(Path(teacher["checkpoint"]), arch=teacher["arch"],
+                                          num_classes=payload["num_classes"]), "torch", "fp32"))
         rows += _artifact_rows(run, manifest, artifacts, provider, log)
         bs = v.batch_size
 
@@ -260,7 +261,7 @@ def _corruption_suite(rows: list[_Row], test_ds: Any, recipe: Recipe, mean: Sequ
     idx = np.random.default_rng(c.seed).choice(len(test_ds), size=n, replace=False) if n < len(test_ds) \
         else np.arange(len(test_ds))
     idx.sort()
-    clean_u8 = test_ds.uint8_batch(idx)
+    clean_u8 = test_ds.uint8_batch(idx, size=recipe.data.input_size)
     labels = np.asarray(test_ds.labels, dtype=np.int64)[idx]
     cells = [(name, s) for name in names for s in c.severities]
     bar = tqdm(cells, desc="corruptions", disable=quiet, leave=False)

@@ -182,7 +182,8 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
         if recipe.needs_clip:
             from richkd_deploy.clip import prepare_clip_targets
 
-            clip_targets = prepare_clip_targets(recipe, run, ds.train, ds.test, device, log, mean=ds.mean, std=ds.std)
+            clip_targets = prepare_clip_targets(recipe, run, ds.train, ds.test, device, log, mean=ds.mean, std=ds.std,
+                                                quiet=quiet, build_cache=dist.is_main)
             clip_random = bool(clip_targets.is_random)
             comments.append(f"clip: {recipe.clip.model} pretrained={recipe.clip.pretrained}"
                             + (" -- RANDOM CLIP WEIGHTS, not for shipping" if clip_random else ""))
