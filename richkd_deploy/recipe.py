@@ -406,8 +406,9 @@ def _check_architectures(recipe: Recipe) -> None:
             raise RecipeError(f"{key}.arch: unknown architecture {arch!r}; {hint}see richkd-deploy models") from None
 
 
-def _cross_checks(recipe: Recipe) -> None:
-    """Rules that involve more than one key."""
+def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
+    """Rules that involve more than one key. `check_files=False` skips the checks that
+    input files still exist (a finished run's recipe, read back by export/validate)."""
     _check_architectures(recipe)
     if recipe.needs_clip and recipe.clip.pretrained.lower() == "none" and not recipe.clip.allow_random:
         raise RecipeError(
@@ -424,6 +425,8 @@ def _cross_checks(recipe: Recipe) -> None:
         raise RecipeError("data.std: every value must be positive")
     if recipe.data.dataset == "imagefolder" and recipe.data.root is None:
         raise RecipeError("data.root: imagefolder needs a folder with train/ and test/ subfolders")
+    if not check_files:
+        return
     if recipe.data.root is not None and not Path(recipe.data.root).exists() and recipe.data.dataset != "cifar10" \
             and recipe.data.dataset != "cifar100":
         raise RecipeError(f"data.root: {recipe.data.root} does not exist")
@@ -434,7 +437,7 @@ def _cross_checks(recipe: Recipe) -> None:
 
 
 def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | None = None,
-              overrides: typing.Sequence[str] = ()) -> Recipe:
+              overrides: typing.Sequence[str] = (), check_files: bool = True) -> Recipe:
     """Build a Recipe from a parsed mapping; `base_dir` anchors relative paths."""
     if data is None:
         data = {}
@@ -456,7 +459,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | No
         data["clip"]["pretrained"] = str(p if p.is_absolute() else (base / p).resolve())
     recipe = _build(Recipe, data, "", base)
     recipe = dataclasses.replace(recipe, source=source)
-    _cross_checks(recipe)
+    _cross_checks(recipe, check_files)
     return recipe
 
 

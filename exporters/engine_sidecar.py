@@ -1,0 +1,110 @@
+"""`<engine>.json`: what a TensorRT engine was built with, checked before loading it.
+
+A serialized engine only runs with the TensorRT version and the GPU architecture
+that built it, and deserialising a foreign or tampered plan fails deep inside
+TensorRT (or worse, runs an engine you did not validate). The sidecar records the
+build environment and the engine's sha256; `check_sidecar` compares it with the
+running environment *before* any deserialisation, and says what to do on mismatch.
+The engine file itself stays a plain plan, so `trtexec` and Polygraphy read it.
+
+The running environment is passed in as a `RuntimeEnv`, so this module is pure and
+its refusals are tested without TensorRT or a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from exporters.trt_plan import ShapeProfile, parse_version
+from richkd_deploy.errors import ArtifactError
+from richkd_deploy.manifest import now_iso
+from richkd_deploy.runs import atomic_write_json, sha256_file
+
+SIDECAR_FORMAT = "richkd-deploy/engine-sidecar/1"
+REBUILD = "rebuild it on this machine with richkd-deploy export --trt --force"
+
+
+@dataclass(frozen=True)
+class RuntimeEnv:
+    """The TensorRT + GPU an engine is built on or about to run on."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.6"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def make_sidecar(engine_path: str | Path, source_onnx: str | Path, precision: str, profile: ShapeProfile,
+                 env: RuntimeEnv, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "format": SIDECAR_FORMAT,
+        "engine": Path(engine_path).name,
+        "tensorrt_version": env.tensorrt_version,
+        "gpu_name": env.gpu_name,
+        "compute_capability": env.compute_capability,
+        "precision": precision,
+        "input_name": profile.input_name,
+        "shape_range": {"min": list(profile.min), "opt": list(profile.opt), "max": list(profile.max)},
+        "sha256": sha256_file(Path(engine_path)),
+        "source_onnx": Path(source_onnx).name,
+        "source_onnx_sha256": sha256_file(Path(source_onnx)),
+        "build_plan": plan,
+        "created_at": now_iso(),
+    }
+
+
+def write_sidecar(engine_path: str | Path, sidecar: dict[str, Any]) -> Path:
+    return atomic_write_json(sidecar_path(engine_path), sidecar)
+
+
+def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise ArtifactError(f"TensorRT engine {engine_path} has no sidecar {path.name}, so its build environment is "
+                            f"unknown; {REBUILD}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ArtifactError(f"engine sidecar {path} is unreadable or corrupt; {REBUILD}") from None
+    needed = {"format", "tensorrt_version", "compute_capability", "sha256", "input_name", "shape_range", "precision"}
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or not needed <= set(data):
+        raise ArtifactError(f"engine sidecar {path} is not a {SIDECAR_FORMAT} file; {REBUILD}")
+    return data
+
+
+def profile_of(sidecar: dict[str, Any]) -> ShapeProfile:
+    r = sidecar["shape_range"]
+    return ShapeProfile(sidecar["input_name"], tuple(r["min"]), tuple(r["opt"]), tuple(r["max"]))
+
+
+def check_sidecar(engine_path: str | Path, env: RuntimeEnv) -> dict[str, Any]:
+    """Refuse an engine that is missing its sidecar, was modified, or was built for
+    another TensorRT major.minor or another GPU architecture. Returns the sidecar."""
+    engine_path = Path(engine_path)
+    if not engine_path.is_file():
+        raise ArtifactError(f"TensorRT engine {engine_path} does not exist; build it with richkd-deploy export --trt")
+    side = read_sidecar(engine_path)
+    actual = sha256_file(engine_path)
+    if actual != side["sha256"]:
+        raise ArtifactError(f"{engine_path} changed since it was built (sha256 {actual[:12]}..., sidecar says "
+                            f"{side['sha256'][:12]}...); {REBUILD}")
+    built, running = parse_version(side["tensorrt_version"]), parse_version(env.tensorrt_version)
+    if (built.major, built.minor) != (running.major, running.minor):
+        raise ArtifactError(f"{engine_path.name} was built with TensorRT {side['tensorrt_version']} but this machine "
+                            f"has {env.tensorrt_version}; engines only load on the TensorRT version that built them: "
+                            f"{REBUILD}")
+    if str(side["compute_capability"]) != str(env.compute_capability):
+        raise ArtifactError(f"{engine_path.name} was built for compute capability {side['compute_capability']} "
+                            f"({side.get('gpu_name', '?')}) but this GPU ({env.gpu_name}) is "
+                            f"{env.compute_capability}; {REBUILD}")
+    return side

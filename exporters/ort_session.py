@@ -1,0 +1,91 @@
+"""One place that creates onnxruntime sessions, for parity checks, backends and bench.
+
+Two things every caller needs and is easy to forget:
+
+* onnxruntime silently falls back to the CPU when a requested provider cannot load
+  (and onnxruntime-gpu lists CUDA/TensorRT providers even where they cannot load), so
+  after creating the session we check `session.get_providers()[0]` is the one asked
+  for and fail loudly otherwise.
+* Q/DQ INT8 models with symmetric int8 activations (what TensorRT needs) are only
+  fused into QLinearConv on x86 when each Q->DQ pair is private to one consumer;
+  ORT's common-subexpression elimination merges the duplicated pairs that
+  `exporters.int8` writes for branch points, so it is disabled for those models
+  (measured on resnet8x4: 10/10 convolutions fused instead of 4/10).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from exporters.deps import require
+from richkd_deploy.errors import ArtifactError, MissingDependencyError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+_INSTALL = {
+    "cuda": 'pip uninstall onnxruntime && pip install "richkd-deploy[gpu]" on a machine with CUDA and cuDNN',
+    "tensorrt": 'pip uninstall onnxruntime && pip install "richkd-deploy[gpu,trt]" on a machine with an NVIDIA GPU',
+}
+
+QDQ_DISABLED_OPTIMIZERS = ("CommonSubexpressionElimination",)
+
+
+def is_qdq(path: str | Path) -> bool:
+    """Cheap check for a Q/DQ model: our INT8 exporter stamps `precision=int8`."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a bad file fails properly when the session loads it
+        return False
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get("precision") == "int8":
+        return True
+    return any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None) -> Any:
+    """An InferenceSession on exactly `provider` ("cpu" | "cuda" | "tensorrt")."""
+    ort = require("onnxruntime")
+    if provider not in PROVIDERS:
+        raise ArtifactError(f"unknown onnxruntime provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        raise MissingDependencyError(
+            f"this onnxruntime ({ort.__version__}, providers {', '.join(ort.get_available_providers())}) has no "
+            f"{wanted}: {_INSTALL.get(provider, 'install onnxruntime')}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    providers: list[Any] = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
+    disabled = list(QDQ_DISABLED_OPTIMIZERS) if is_qdq(path) else None
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=providers, disabled_optimizers=disabled)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"onnxruntime cannot load {path} on {wanted}: {first}") from exc
+    active = session.get_providers()
+    if not active or active[0] != wanted:
+        raise MissingDependencyError(
+            f"onnxruntime could not start {wanted} for {path} (it fell back to {active[0] if active else 'nothing'}); "
+            f"check the CUDA/cuDNN/TensorRT libraries, or {_INSTALL.get(provider, 'reinstall onnxruntime')}")
+    return session
+
+
+def run_session(session: Any, batch: Any) -> Any:
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: batch})[0]
