@@ -1,0 +1,362 @@
+"""Blur corruptions: defocus, glass, motion, zoom and Gaussian blur.
+
+The fixed filters (defocus disk, zoom, Gaussian) are `Separable` operators
+built once per (severity, size) from the reference's parameters with its border
+rules folded in, so a blur of a whole batch is one or two matrix products.
+Motion blur (one random angle per image) and glass blur (a sequential random
+pixel walk) are replayed exactly in batched form; see `_line_blur` and
+`_glass_schedule`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from ._common import (
+    CODE_LEVELS,
+    Separable,
+    correlation_matrix,
+    gaussian_matrix,
+    linear_zoom_matrix,
+    low_rank_terms,
+    random_codes,
+    to_uint8,
+)
+
+DEFOCUS = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))
+GLASS = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))  # sigma, max_delta, iterations
+MOTION = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))  # radius, sigma
+GAUSSIAN_BLUR = (1, 2, 3, 4, 6)
+
+
+def _zoom_factors(severity: int) -> np.ndarray:
+    """The reference's zoom factors, built with the same `np.arange` calls (float ties matter)."""
+    return [
+        np.arange(1, 1.11, 0.01),
+        np.arange(1, 1.16, 0.01),
+        np.arange(1, 1.21, 0.02),
+        np.arange(1, 1.26, 0.02),
+        np.arange(1, 1.31, 0.03),
+    ][severity - 1]
+
+
+def _float(images: torch.Tensor) -> torch.Tensor:
+    return images.to(torch.float32)
+
+
+# ------------------------------------------------------------------ Gaussian
+
+
+@lru_cache(maxsize=64)
+def _gaussian_op(sigma: float, h: int, w: int) -> Separable:
+    """skimage ``gaussian(.., sigma, channel_axis=-1)``: mode 'nearest', truncate 4."""
+    return Separable([gaussian_matrix(sigma, h)], [gaussian_matrix(sigma, w)])
+
+
+def gaussian_blur(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Isotropic Gaussian blur (extra corruption)."""
+    h, w = images.shape[-2:]
+    return to_uint8(_gaussian_op(float(GAUSSIAN_BLUR[severity - 1]), h, w).apply(_float(images)), clamp=False)
+
+
+# ------------------------------------------------------------------- defocus
+
+
+def _disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
+    """The reference's anti-aliased disk (an OpenCV GaussianBlur of a binary disk)."""
+    half = 8 if radius <= 8 else radius
+    ksize = 3 if radius <= 8 else 5
+    coords = np.arange(-half, half + 1)
+    yy, xx = np.meshgrid(coords, coords)
+    disk = ((xx**2 + yy**2) <= radius**2).astype(np.float64)
+    disk /= disk.sum()
+    g = np.exp(-((np.arange(ksize) - (ksize - 1) / 2) ** 2) / (2.0 * alias_blur**2))
+    g /= g.sum()
+    size = disk.shape[0]
+    rows = correlation_matrix(g, size, "mirror")  # OpenCV's default border REFLECT_101
+    return rows @ disk @ rows.T
+
+
+@lru_cache(maxsize=64)
+def _defocus_op(severity: int, h: int, w: int) -> Separable:
+    radius, alias = DEFOCUS[severity - 1]
+    terms = low_rank_terms(_disk_kernel(radius, alias), tol=1e-6)
+    rows = [correlation_matrix(u, h, "mirror") for u, _ in terms]
+    cols = [correlation_matrix(v, w, "mirror") for _, v in terms]
+    return Separable(rows, cols)
+
+
+def defocus_blur(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Disk (lens defocus) blur; ``cv2.filter2D`` with REFLECT_101 borders."""
+    h, w = images.shape[-2:]
+    return to_uint8(_defocus_op(severity, h, w).apply(_float(images)), clamp=False)
+
+
+# ---------------------------------------------------------------------- zoom
+
+
+@lru_cache(maxsize=64)
+def _zoom_op(severity: int, h: int, w: int) -> Separable:
+    """Average of the image and its centre-zoomed copies, as one separable sum."""
+    factors = _zoom_factors(severity)
+    scale = 1.0 / (len(factors) + 1)
+    rows, cols = [np.eye(h) * scale], [np.eye(w)]
+    for z in factors:
+        rows.append(_clipped_zoom_matrix(h, float(z), keep=h) * scale)
+        cols.append(_clipped_zoom_matrix(w, float(z), keep=w))
+    return Separable(rows, cols)
+
+
+def _clipped_zoom_matrix(size: int, zoom: float, keep: int | None = None) -> np.ndarray:
+    """Reference ``clipped_zoom`` along one axis: centre crop, order-1 zoom, keep the first rows.
+
+    Returns [keep, size]; `keep` defaults to `size` (zoom_blur crops back to the
+    image, snow keeps the full zoomed length).
+    """
+    crop = int(np.ceil(size / float(zoom)))
+    top = (size - crop) // 2
+    out_len = int(round(crop * zoom))
+    z = linear_zoom_matrix(crop, out_len)
+    keep = out_len if keep is None else keep
+    full = np.zeros((keep, size))
+    full[:, top : top + crop] = z[:keep]
+    return full
+
+
+def zoom_blur(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Zoom (radial) blur: mean of the image and copies zoomed about the centre."""
+    h, w = images.shape[-2:]
+    return to_uint8(_zoom_op(severity, h, w).apply(_float(images)), clamp=False)
+
+
+# -------------------------------------------------------------------- motion
+
+
+def motion_taps(radius: int, sigma: float, angles: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image taps of the reference's motion blur.
+
+    Returns (rows, cols, weights), each [N, 2*radius+1]: tap i of image n reads
+    ``X[y + rows[n, i], x + cols[n, i]]`` (edges replicated) with weight
+    ``weights[n, i]``. The weights are a one-sided Gaussian along the angle;
+    taps that would leave the image get weight 0 without renormalising, as
+    the reference's early `break` does (long blurs on small images darken).
+    """
+    width = radius * 2 + 1
+    i = np.arange(width, dtype=np.float64)
+    k = np.exp(-(i**2) / (2 * sigma**2))
+    k /= k.sum()
+    rad = np.deg2rad(np.asarray(angles, dtype=np.float64))[:, None]
+    # the reference's dy = -ceil(i*sin - 0.5) shifts the image by dy, i.e. reads row y - dy
+    rows = np.ceil(i * np.sin(rad) - 0.5).astype(np.int64)
+    cols = np.ceil(i * np.cos(rad) - 0.5).astype(np.int64)
+    inside = np.cumprod((np.abs(rows) < h) & (np.abs(cols) < w), axis=1).astype(bool)  # stop at the first tap outside
+    return rows, cols, np.where(inside, k, 0.0)
+
+
+def _filters(along: np.ndarray, cross: np.ndarray, weights: np.ndarray, shear: np.ndarray, length: int) -> torch.Tensor:
+    """Per-image matrices F_e[x, x'] (e = -1, 0, 1) for the taps that stay inside the blur axis.
+
+    Tap (a, b) at output x reads line x' = x + a at cross offset b; the sheared
+    layout supplies cross offset shear[x'] - shear[x], and the residual
+    e = b - (shear[x'] - shear[x]) is always -1, 0 or 1 (|slope| <= 1 and
+    both offsets are rounded within half a pixel), so three shifted views
+    reproduce the reference's offsets exactly. Returns float32 [3, N, L, L].
+    """
+    n = along.shape[0]
+    x = np.arange(length, dtype=np.int64)[None, :, None]
+    src = x + along[:, None, :]  # [N, L, T]
+    inside = (src >= 0) & (src < length) & (weights[:, None, :] > 0)
+    img, xs, tap = np.nonzero(inside)
+    src = src[img, xs, tap]
+    e = cross[img, tap] - (shear[img, src] - shear[img, xs])
+    if np.any(np.abs(e) > 1):  # impossible for |slope| <= 1; keep the filters honest if not
+        raise AssertionError("motion blur residual offset outside [-1, 1]")
+    flat = (((e + 1) * n + img) * length + xs) * length + src
+    out = torch.zeros(3 * n * length * length, dtype=torch.float32)
+    out.index_add_(0, torch.from_numpy(flat), torch.from_numpy(weights[img, tap].astype(np.float32)))
+    return out.view(3, n, length, length)
+
+
+def _edge_terms(xt: torch.Tensor, along: np.ndarray, cross: np.ndarray, weights: np.ndarray) -> torch.Tensor:
+    """Contribution of the taps that run off the end of the blur axis: [N, L, C*S].
+
+    Such a tap reads the edge line (the reference clamps the index) at its
+    cross offset. Along one image's line all offsets have one sign, so the
+    taps past the edge for output x are those from a first index on: one
+    batched product of a [L, taps] weight mask with the cross-shifted edge lines.
+    """
+    n, length, ch, side = xt.shape
+    dev = xt.device
+    forward = along.max(axis=1) > 0  # the line runs towards the high end of the axis
+    edge = torch.from_numpy(np.where(forward, length - 1, 0)).to(dev)
+    lines = xt[torch.arange(n, device=dev), edge]  # [N, C, S]
+    taps = along.shape[1]
+    src = np.clip(np.arange(side)[None, None, :] + cross[:, :, None], 0, side - 1)  # [N, T, S]
+    index = torch.from_numpy(src).to(dev)[:, :, None, :].expand(n, taps, ch, side)
+    shifted = torch.gather(lines[:, None].expand(n, taps, ch, side), 3, index)  # [N, T, C, S]
+    dist = np.where(forward[:, None], length - 1 - np.arange(length)[None, :], np.arange(length)[None, :])
+    past = np.abs(along)[:, None, :] > dist[:, :, None]  # [N, L, T]: the tap leaves the axis
+    mask = torch.from_numpy(np.where(past, weights[:, None, :], 0.0).astype(np.float32)).to(dev)
+    return torch.bmm(mask, shifted.reshape(n, taps, ch * side))
+
+
+def _line_blur(xt: torch.Tensor, along: np.ndarray, cross: np.ndarray, weights: np.ndarray, slope: np.ndarray) -> torch.Tensor:
+    """Exact motion blur of float [N, L, C, S] along lines running mostly along L (|slope| <= 1).
+
+    Tap i of image n reads ``X[clamp(x + along[n,i]), clamp(y + cross[n,i])]``.
+    Each line x of the blur axis is shifted across by shear[x] = round(x*slope),
+    which turns most of every tap's cross offset into a common shift; the
+    remaining -1/0/+1 are three column offsets of the same sheared tensor (each
+    channel carries two spare columns, so the offsets never mix channels), and
+    the blur along L is three batched matrix products with per-image filters.
+    Taps past the end of the blur axis are added by `_edge_terms`.
+    """
+    n, length, ch, side = xt.shape
+    dev = xt.device
+    keep = max(1, int(np.max(np.nonzero(weights.any(axis=0))[0], initial=0)) + 1)  # taps after the early stop weigh 0
+    along, cross, weights = along[:, :keep], cross[:, :keep], weights[:, :keep]
+    shear = np.round(np.arange(length)[None, :] * slope[:, None]).astype(np.int64)  # [N, L]
+    shear -= shear.min(axis=1, keepdims=True)
+    span = int(shear.max()) if shear.size else 0
+    ext = side + span  # sheared length; +2 spare columns per channel for e = -1, +1
+    # Z[n, x', c, r] = X[n, x', c, clamp(r - span - 1 + shear[x'])], r in [0, ext + 2)
+    src = np.clip(np.arange(ext + 2)[None, None, :] - span - 1 + shear[:, :, None], 0, side - 1)
+    z = torch.gather(xt, 3, torch.from_numpy(src).to(dev)[:, :, None, :].expand(n, length, ch, ext + 2))
+    z = z.view(n, length, ch * (ext + 2))
+    width = ch * (ext + 2) - 2
+    filters = _filters(along, cross, weights, shear, length).to(dev)
+    sheared = torch.bmm(filters[1], z[:, :, 1 : 1 + width])  # column j: channel j // (ext+2), r = j % (ext+2)
+    sheared.baddbmm_(filters[0], z[:, :, :width])
+    sheared.baddbmm_(filters[2], z[:, :, 2 : 2 + width])
+    # out[n, x, c, y] = sheared[n, x, c*(ext+2) + y + span - shear[x]]
+    back = np.arange(ch)[None, None, :, None] * (ext + 2) + np.arange(side) + (span - shear)[:, :, None, None]
+    out = torch.gather(sheared, 2, torch.from_numpy(back.reshape(n, length, -1)).to(dev))
+    out += _edge_terms(xt, along, cross, weights)
+    return out.view(n, length, ch, side)
+
+
+def apply_motion(x: torch.Tensor, angles: np.ndarray, radius: int, sigma: float) -> torch.Tensor:
+    """Motion-blur float [N, C, H, W] images, image n along angles[n] (degrees), exactly
+    as the reference (same taps, weights, edge handling and early stop).
+
+    Mostly horizontal lines blur along W, mostly vertical ones along H; both go
+    through `_line_blur` with layout [N, blur axis, C, other axis].
+    """
+    n, _, h, w = x.shape
+    rows, cols, weights = motion_taps(radius, sigma, angles, h, w)
+    rad = np.deg2rad(np.asarray(angles, dtype=np.float64))
+    vertical = np.abs(np.sin(rad)) > np.abs(np.cos(rad))
+    out = None
+    for flag in (False, True):
+        idx = np.flatnonzero(vertical == flag)
+        if idx.size == 0:
+            continue
+        xs = x if idx.size == n else x.index_select(0, torch.from_numpy(idx).to(x.device))
+        if flag:  # blur along H: [N, H, C, W]
+            res = _line_blur(xs.permute(0, 2, 1, 3).contiguous(), rows[idx], cols[idx], weights[idx], np.cos(rad[idx]) / np.sin(rad[idx]))
+            res = res.permute(0, 2, 1, 3)
+        else:  # blur along W: [N, W, C, H]
+            res = _line_blur(xs.permute(0, 3, 1, 2).contiguous(), cols[idx], rows[idx], weights[idx], np.sin(rad[idx]) / np.cos(rad[idx]))
+            res = res.permute(0, 2, 3, 1)
+        if idx.size == n:
+            return res
+        if out is None:
+            out = torch.empty_like(x)
+        out.index_copy_(0, torch.from_numpy(idx).to(x.device), res.contiguous())
+    return out if out is not None else x.clone()
+
+
+def random_angles(gen: torch.Generator, n: int, low: float, high: float, device: torch.device) -> np.ndarray:
+    """Per-image angles uniform in [low, high) degrees (float64 numpy)."""
+    u = torch.rand(n, generator=gen, device=device, dtype=torch.float64).cpu().numpy()
+    return low + (high - low) * u
+
+
+def motion_blur(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Linear motion blur at a random angle in [-45, 45) degrees per image."""
+    radius, sigma = MOTION[severity - 1]
+    angles = random_angles(gen, images.shape[0], -45.0, 45.0, images.device)
+    return to_uint8(apply_motion(_float(images), angles, radius, sigma), clamp=False).contiguous()
+
+
+# --------------------------------------------------------------------- glass
+
+
+@lru_cache(maxsize=64)
+def _glass_schedule(h: int, w: int, delta: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Positions the reference visits, grouped into conflict-free parallel steps.
+
+    The reference visits pixel (r, c) for r = h-delta .. delta+1 and, within a
+    row, c = w-delta .. delta+1 (both descending) and "swaps" it with a random
+    neighbour (r+dy, c+dx), dy, dx in [-delta, delta). Its tuple swap of two
+    numpy views is in effect a copy, x[r, c] = x[r+dy, c+dx], so pixels get
+    duplicated (we replicate that, it darkens dark-bordered images). Two
+    visits can only touch the same pixel when their rows and columns both
+    differ by less than 2*delta, so ordering the visits by
+    ``2*delta*(h-r) + (w-c)`` keeps every interacting pair in the reference's
+    order while the visits of one step are independent. Running the steps in
+    order therefore reproduces the sequential pass exactly, with about
+    2*delta*h + w steps instead of h*w.
+    """
+    r = np.arange(h - delta, delta, -1)
+    c = np.arange(w - delta, delta, -1)
+    rr, cc = np.meshgrid(r, c, indexing="ij")
+    rr, cc = rr.ravel(), cc.ravel()
+    step = 2 * delta * (h - rr) + (w - cc)
+    order = np.argsort(step, kind="stable")
+    step = step[order]
+    flat = (rr * w + cc)[order]
+    bounds = []
+    if len(step):
+        edges = np.flatnonzero(np.diff(step)) + 1
+        starts = np.concatenate([[0], edges])
+        ends = np.concatenate([edges, [len(step)]])
+        bounds = list(zip(starts.tolist(), ends.tolist(), strict=True))
+    return torch.from_numpy(flat.astype(np.int64)), bounds
+
+
+@lru_cache(maxsize=16)
+def _glass_offsets(delta: int, w: int, device: torch.device) -> torch.Tensor:
+    """Flat pixel offset dy*w + dx for each random code, (dy, dx) uniform on [-delta, delta)^2."""
+    span = 2 * delta
+    codes = torch.arange(CODE_LEVELS) % (span * span)
+    return ((codes // span - delta) * w + (codes % span - delta)).to(device)
+
+
+def _glass_shuffle(x: torch.Tensor, delta: int, iterations: int, gen: torch.Generator) -> torch.Tensor:
+    """Batched exact replay of the reference's local pixel scrambling on uint8 [N, 3, H, W].
+
+    Pixels are packed as int32 (RGB + a zero byte) in pixel-major layout
+    [H*W, N], so a step moves whole pixels, its writes are contiguous rows, and
+    its reads stay within a (2*delta)-pixel neighbourhood: cache-friendly, one
+    `gather` and one `index_copy_` per step whatever the batch size.
+    """
+    n, ch, h, w = x.shape
+    positions, steps = _glass_schedule(h, w, delta)
+    if not steps:
+        return x
+    dev = x.device
+    packed = torch.zeros((h, w, n, 4), dtype=torch.uint8, device=dev)
+    packed[..., :ch] = x.permute(2, 3, 0, 1)
+    pix = packed.view(h * w, n, 4).view(torch.int32).view(h * w, n)
+    positions = positions.to(dev)
+    offsets = _glass_offsets(delta, w, dev)
+    for _ in range(iterations):
+        codes = random_codes(gen, positions.numel() * n, dev).view(-1, n)
+        src = offsets.index_select(0, codes.view(-1)).view(-1, n).add_(positions[:, None])  # x[p] = x[p + off]
+        for start, end in steps:
+            pix.index_copy_(0, positions[start:end], torch.gather(pix, 0, src[start:end]))
+    return packed[..., :ch].permute(2, 3, 0, 1).contiguous()
+
+
+def glass_blur(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian blur, local pixel scrambling, Gaussian blur again (frosted glass)."""
+    sigma, delta, iterations = GLASS[severity - 1]
+    h, w = images.shape[-2:]
+    op = _gaussian_op(float(sigma), h, w)
+    x = to_uint8(op.apply(_float(images)), clamp=False)  # the reference stores the first blur as uint8
+    x = _glass_shuffle(x, delta, iterations, gen)
+    return to_uint8(op.apply(_float(x)), clamp=False)

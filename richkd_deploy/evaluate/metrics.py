@@ -1,0 +1,344 @@
+"""Accuracy and calibration metrics on raw logits.
+
+Pure functions of numpy arrays: ``logits`` is float [N, K] (any float dtype;
+torch CPU tensors are accepted too), ``labels`` is integer [N] in [0, K).
+Probabilities are computed with a max-shifted softmax in float64, so huge or
+float16 logits neither overflow nor lose the small probabilities that NLL and
+KL need. Accuracies, rates and calibration errors are fractions in [0, 1].
+
+Bad arguments (shape mismatch, NaN/inf logits, labels out of range, empty
+input, bad bin counts) are programming errors of the caller and raise
+ValueError.
+
+Binning convention (ECE, MCE, reliability diagram): ``n_bins`` equal-width
+bins over the top-1 confidence, bin m = ((m-1)/M, m/M] as in Guo et al. 2017;
+every confidence is at least 1/K > 0, so the bins cover all samples. This
+agrees with torchmetrics' ``MulticlassCalibrationError`` except for
+confidences lying exactly on an inner edge (it uses [lo, hi)) and for
+confidences that round to exactly 1.0 in its float32 softmax (it gives those
+a bin of their own).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+_DEFAULT_THRESHOLD = 0.9
+
+
+# ------------------------------------------------------------------- inputs
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_logits(logits: Any, name: str = "logits") -> np.ndarray:
+    z = _as_array(logits)
+    if z.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [N, K], got shape {z.shape}")
+    if z.shape[0] == 0 or z.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one sample and one class, got shape {z.shape}")
+    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
+        raise ValueError(f"{name} must be numeric, got dtype {z.dtype}")
+    z = z.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(z)):
+        raise ValueError(f"{name} contain NaN or infinite values")
+    return z
+
+
+def _check(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    z = _check_logits(logits)
+    y = _as_array(labels)
+    if y.ndim != 1 or y.shape[0] != z.shape[0]:
+        raise ValueError(f"labels must be 1-D with one label per row of logits {z.shape}, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
+        raise ValueError(f"labels must lie in [0, {z.shape[1]}), got range [{y.min()}, {y.max()}]")
+    return z, y.astype(np.int64, copy=False)
+
+
+def _check_bins(n_bins: int) -> int:
+    if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    return int(n_bins)
+
+
+# ------------------------------------------------------------ probabilities
+
+
+def log_softmax(logits: Any) -> np.ndarray:
+    """Row-wise log-softmax in float64 (max-shifted, so it never overflows)."""
+    z = _check_logits(logits)
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax(logits: Any) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    return np.exp(log_softmax(logits))
+
+
+def _top1(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence (max probability) and correctness of the arg-max prediction."""
+    pred = probs.argmax(axis=1)
+    return probs[np.arange(len(pred)), pred], (pred == labels)
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+def top_k_accuracy(logits: Any, labels: Any, k: int = 1) -> float:
+    """Fraction of samples whose label is among the k largest logits.
+
+    A sample is a hit when fewer than k classes have a strictly larger logit
+    than its label, so ties are resolved in the label's favour (deterministic,
+    unlike an arbitrary arg-sort order).
+    """
+    z, y = _check(logits, labels)
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    label_logit = z[np.arange(len(y)), y][:, None]
+    better = (z > label_logit).sum(axis=1)
+    return float(np.mean(better < int(k)))
+
+
+def nll(logits: Any, labels: Any) -> float:
+    """Mean negative log-likelihood of the labels (natural log)."""
+    z, y = _check(logits, labels)
+    return float(-np.mean(log_softmax(z)[np.arange(len(y)), y]))
+
+
+def brier(logits: Any, labels: Any) -> float:
+    """Mean over samples of the squared distance between softmax and one-hot (range [0, 2])."""
+    z, y = _check(logits, labels)
+    p = softmax(z)
+    p[np.arange(len(y)), y] -= 1.0
+    return float(np.mean(np.sum(p * p, axis=1)))
+
+
+# ------------------------------------------------------------- calibration
+
+
+def _equal_width_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index m-1 for bin ((m-1)/M, m/M]."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges, conf, side="left") - 1
+    return np.clip(idx, 0, n_bins - 1)
+
+
+def _bin_stats(conf: np.ndarray, correct: np.ndarray, idx: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
+    counts = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=correct.astype(np.float64), minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.where(counts > 0, conf_sum / np.maximum(counts, 1), np.nan)
+        acc = np.where(counts > 0, acc_sum / np.maximum(counts, 1), np.nan)
+    return counts, mean_conf, acc
+
+
+def _calibration(logits: Any, labels: Any, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z, y = _check(logits, labels)
+    n_bins = _check_bins(n_bins)
+    conf, correct = _top1(softmax(z), y)
+    counts, mean_conf, acc = _bin_stats(conf, correct, _equal_width_bins(conf, n_bins), n_bins)
+    return counts, mean_conf, acc
+
+
+def ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
+    """Expected calibration error: sum over bins of (bin size / N) * |accuracy - confidence|."""
+    counts, mean_conf, acc = _calibration(logits, labels, n_bins)
+    gaps = np.nan_to_num(np.abs(acc - mean_conf))
+    return float(np.sum(counts / counts.sum() * gaps))
+
+
+def mce(logits: Any, labels: Any, n_bins: int = 15) -> float:
+    """Maximum calibration error: the largest |accuracy - confidence| over non-empty bins."""
+    _, mean_conf, acc = _calibration(logits, labels, n_bins)
+    return float(np.nanmax(np.abs(acc - mean_conf)))
+
+
+def adaptive_ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
+    """ECE over equal-mass bins: samples sorted by confidence, split into n_bins
+    groups whose sizes differ by at most one (fewer groups when N < n_bins)."""
+    z, y = _check(logits, labels)
+    n_bins = _check_bins(n_bins)
+    conf, correct = _top1(softmax(z), y)
+    order = np.argsort(conf, kind="stable")
+    total = 0.0
+    for group in np.array_split(order, min(n_bins, len(order))):
+        total += len(group) * abs(correct[group].mean() - conf[group].mean())
+    return float(total / len(order))
+
+
+def reliability_diagram(logits: Any, labels: Any, n_bins: int = 15) -> dict[str, Any]:
+    """Per-bin data for a reliability diagram, plus ECE and MCE.
+
+    Returns parallel lists, one entry per equal-width bin: ``lower``, ``upper``
+    (edges), ``count``, ``confidence`` (mean top-1 probability), ``accuracy``
+    and ``gap`` (accuracy - confidence), the last three None for empty bins
+    (JSON-friendly); and the scalars ``n_bins``, ``n``, ``ece``, ``mce``.
+    """
+    counts, mean_conf, acc = _calibration(logits, labels, n_bins)
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)
+    filled = counts > 0
+
+    def listed(values: np.ndarray) -> list[float | None]:
+        return [float(v) if f else None for v, f in zip(values, filled, strict=True)]
+
+    gaps = acc - mean_conf
+    return {
+        "n_bins": len(counts),
+        "n": int(counts.sum()),
+        "ece": float(np.sum(counts / counts.sum() * np.nan_to_num(np.abs(gaps)))),
+        "mce": float(np.nanmax(np.abs(gaps))),
+        "lower": edges[:-1].tolist(),
+        "upper": edges[1:].tolist(),
+        "count": [int(c) for c in counts],
+        "confidence": listed(mean_conf),
+        "accuracy": listed(acc),
+        "gap": listed(gaps),
+    }
+
+
+def confidence_analysis(logits: Any, labels: Any, threshold: float = _DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """How often the model is confident (top-1 probability >= threshold), and right or wrong.
+
+    Rates are relative to all N samples. Also reports the mean confidence of
+    the correct and of the wrong predictions (None when there are none), and
+    the accuracy among confident predictions (None when there are none).
+    """
+    z, y = _check(logits, labels)
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    conf, correct = _top1(softmax(z), y)
+    confident = conf >= float(threshold)
+    n = len(y)
+    cc = int(np.sum(confident & correct))
+    cw = int(np.sum(confident & ~correct))
+
+    def mean_or_none(values: np.ndarray) -> float | None:
+        return float(values.mean()) if values.size else None
+
+    return {
+        "threshold": float(threshold),
+        "n": n,
+        "confident": cc + cw,
+        "confident_rate": (cc + cw) / n,
+        "confident_correct": cc,
+        "confident_correct_rate": cc / n,
+        "confident_wrong": cw,
+        "confident_wrong_rate": cw / n,
+        "accuracy_when_confident": cc / (cc + cw) if cc + cw else None,
+        "mean_confidence_correct": mean_or_none(conf[correct]),
+        "mean_confidence_wrong": mean_or_none(conf[~correct]),
+    }
+
+
+def agreement(logits_ref: Any, logits_model: Any) -> dict[str, float]:
+    """How closely a model (e.g. an exported artifact) reproduces a reference.
+
+    `logits_ref` is the reference (e.g. the PyTorch model), `logits_model`
+    the candidate (e.g. ONNX/TensorRT). Returns ``top1_agreement`` (fraction
+    of samples with the same arg-max), ``mean_kl`` and ``max_kl`` over samples
+    of KL(p_ref || p_model) in nats (the information lost when the candidate's
+    distribution stands in for the reference's; 0 for identical logits) and
+    ``max_abs_prob_diff``, the largest absolute difference of any probability.
+    """
+    a = _check_logits(logits_ref, "logits_ref")
+    b = _check_logits(logits_model, "logits_model")
+    if a.shape != b.shape:
+        raise ValueError(f"logits_ref {a.shape} and logits_model {b.shape} must have the same shape")
+    log_p, log_q = log_softmax(a), log_softmax(b)
+    p = np.exp(log_p)
+    kl = np.sum(p * (log_p - log_q), axis=1)
+    kl = np.maximum(kl, 0.0)  # rounding can make a zero KL slightly negative
+    return {
+        "top1_agreement": float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))),
+        "mean_kl": float(kl.mean()),
+        "max_kl": float(kl.max()),
+        "max_abs_prob_diff": float(np.max(np.abs(p - np.exp(log_q)))),
+    }
+
+
+# ------------------------------------------------------ temperature scaling
+
+
+def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
+    """Logits divided by the temperature (float64); T > 1 softens, T < 1 sharpens."""
+    t = float(temperature)
+    if not (t > 0.0 and math.isfinite(t)):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    return _check_logits(logits) / t
+
+
+def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = (0.01, 100.0)) -> float:
+    """The temperature T > 0 minimising NLL(logits / T) on held-out data (Guo et al.).
+
+    NLL is convex in 1/T, so a bounded scalar search over log T finds the
+    global minimum. The result is clipped to `bounds`: separable data (all
+    predictions right with margin) drives T towards 0 and returns the lower
+    bound; constant logits carry no information and return 1.0.
+    """
+    from scipy.optimize import minimize_scalar
+
+    z, y = _check(logits, labels)
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not 0.0 < lo < hi or not math.isfinite(hi):
+        raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
+    z = z - z.max(axis=1, keepdims=True)
+    if np.all(z == 0.0):
+        return 1.0
+    rows = np.arange(len(y))
+
+    def loss(log_t: float) -> float:
+        s = z * math.exp(-log_t)
+        m = s.max(axis=1)
+        lse = m + np.log(np.exp(s - m[:, None]).sum(axis=1))
+        return float(np.mean(lse - s[rows, y]))
+
+    res = minimize_scalar(loss, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-7})
+    best = float(res.x)
+    # the bounded search never evaluates the end points themselves
+    for edge in (math.log(lo), math.log(hi)):
+        if loss(edge) < loss(best):
+            best = edge
+    return float(math.exp(best))
+
+
+# ----------------------------------------------------------------- summary
+
+
+def summary(logits: Any, labels: Any, n_bins: int = 15, threshold: float = _DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """The scalar metrics in one dict (JSON-serialisable).
+
+    Keys: n, num_classes, top1, top5 (None when K < 5), nll, brier, ece, mce,
+    adaptive_ece, confident_wrong_rate, confident_correct_rate, threshold,
+    n_bins.
+    """
+    z, y = _check(logits, labels)
+    conf = confidence_analysis(z, y, threshold)
+    return {
+        "n": int(z.shape[0]),
+        "num_classes": int(z.shape[1]),
+        "top1": top_k_accuracy(z, y, 1),
+        "top5": top_k_accuracy(z, y, 5) if z.shape[1] >= 5 else None,
+        "nll": nll(z, y),
+        "brier": brier(z, y),
+        "ece": ece(z, y, n_bins),
+        "mce": mce(z, y, n_bins),
+        "adaptive_ece": adaptive_ece(z, y, n_bins),
+        "confident_correct_rate": conf["confident_correct_rate"],
+        "confident_wrong_rate": conf["confident_wrong_rate"],
+        "threshold": float(threshold),
+        "n_bins": _check_bins(n_bins),
+    }
