@@ -160,14 +160,17 @@ class Separable:
 
     Applied either as two matrix products without permutes (rows first,
     ``[Ho*R, Hi] @ X`` gives [M, Ho, R*Wi], then one GEMM with the stacked
-    column operators), or, for small images and many terms, as one dense
-    [Hi*Wi, Ho*Wo] operator: one large GEMM runs several times faster per
-    multiply-add than the thin ones, which wins while Hi*Wi is below a few
-    times R*(Hi + Wi).
+    column operators), or, for small images and many terms, as dense
+    operators: one large GEMM runs several times faster per multiply-add than
+    the thin ones, which wins while Hi*Wi is below a few times R*(Hi + Wi).
+    A dense operator is split into bands of output rows, each reading only the
+    input rows it depends on (a local filter such as zoom blur needs a third
+    of them), as one batched GEMM over the bands.
     """
 
     DENSE_MAX_PIXELS = 1024  # a 32x32 operator is 4 MB; 64x64 would be 64 MB per cached filter
     DENSE_ADVANTAGE = 3.5
+    BAND_ROWS = 4
 
     def __init__(self, rows: list[np.ndarray], cols: list[np.ndarray]):
         if len(rows) != len(cols) or not rows:
@@ -178,14 +181,35 @@ class Separable:
         _, self.wo, self.wi = b.shape
         pixels = self.hi * self.wi
         self.dense = pixels <= self.DENSE_MAX_PIXELS and pixels < self.DENSE_ADVANTAGE * self.terms * (self.hi + self.wi)
+        self._band_rows: torch.Tensor | None = None
         if self.dense:
-            op = np.einsum("ryh,rxw->hwyx", a, b).reshape(pixels, self.ho * self.wo)
-            self._mats = (torch.from_numpy(np.ascontiguousarray(op)).float(),)
+            self._mats = self._banded(a, b)
         else:
             rows_op = a.transpose(1, 0, 2).reshape(-1, self.hi)
             cols_op = b.transpose(0, 2, 1).reshape(-1, self.wo)
             self._mats = (torch.from_numpy(np.ascontiguousarray(rows_op)).float(), torch.from_numpy(np.ascontiguousarray(cols_op)).float())
         self._dev: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _banded(self, a: np.ndarray, b: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Per band of output rows: the input rows it reads ([T*K]) and its operator [T, K*Wi, band*Wo]."""
+        band = self.BAND_ROWS if self.ho % self.BAND_ROWS == 0 else self.ho
+        bands = self.ho // band
+        used = np.abs(a).sum(axis=0) > 0  # [Ho, Hi]
+        needed = [np.flatnonzero(used[t * band : (t + 1) * band].any(axis=0)) for t in range(bands)]
+        k = max(1, max(len(n) for n in needed))
+        if k > 0.7 * self.hi:  # bands would save little: one dense operator
+            band, bands, k = self.ho, 1, self.hi
+            needed = [np.arange(self.hi)]
+        rows = np.zeros((bands, k), dtype=np.int64)
+        ops = np.zeros((bands, k, self.wi, band, self.wo))
+        for t, need in enumerate(needed):
+            rows[t, : len(need)] = need
+            rows[t, len(need) :] = need[-1] if len(need) else 0  # padding rows get zero weights
+            sub = a[:, t * band : (t + 1) * band][:, :, need]  # [R, band, K_t]
+            ops[t, : len(need)] = np.einsum("ryh,rxw->hwyx", sub, b)
+        self._band_rows = torch.from_numpy(rows.reshape(-1))
+        op = ops.reshape(bands, k * self.wi, band * self.wo)
+        return (torch.from_numpy(np.ascontiguousarray(op)).float(), self._band_rows)
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         if device not in self._dev:
@@ -196,11 +220,18 @@ class Separable:
         """Apply to float32 ``x`` of shape [..., Hi, Wi]."""
         mats = self._on(x.device)
         lead = x.shape[:-2]
-        if self.dense:
-            return (x.reshape(-1, self.hi * self.wi) @ mats[0]).view(*lead, self.ho, self.wo)
-        a, b = mats
         x = x.reshape(-1, self.hi, self.wi)
-        u = torch.bmm(a.expand(x.shape[0], *a.shape), x)  # [M, Ho*R, Wi]
+        m = x.shape[0]
+        if self.dense:
+            op, rows = mats
+            bands = op.shape[0]
+            if bands == 1:
+                return (x.reshape(m, -1) @ op[0]).view(*lead, self.ho, self.wo)
+            gathered = x.index_select(1, rows).view(m, bands, -1).transpose(0, 1)  # [T, M, K*Wi]
+            out = torch.bmm(gathered, op)  # [T, M, band*Wo]
+            return out.transpose(0, 1).reshape(*lead, self.ho, self.wo)
+        a, b = mats
+        u = torch.bmm(a.expand(m, *a.shape), x)  # [M, Ho*R, Wi]
         out = u.view(-1, self.ho, self.terms * self.wi) @ b
         return out.view(*lead, self.ho, self.wo)
 
