@@ -30,7 +30,7 @@ system-packages:
 	else echo "not root or no apt-get: skipping Debian packages (dataset-fashion-mnist, chromium)"; fi
 
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
