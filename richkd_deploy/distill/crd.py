@@ -77,15 +77,18 @@ class ContrastMemory(nn.Module):
             bank = torch.rand(n_data, feat_dim, generator=g).mul_(2 * stdv).add_(-stdv)
             self.register_buffer(name, bank.to(device) if device is not None else bank)
         self.register_buffer("z", torch.full((2,), -1.0, device=device))
-        self._gen: torch.Generator | None = None
+        # Created now, not on first use: the trainer reseeds (each epoch) and restores (resume)
+        # the generators it finds on the module, and would miss one that does not exist yet.
+        # On the device the bank really lives on ("cuda" -> "cuda:0"), so `_generator` keeps it.
+        self._gen = torch.Generator(device=self.z.device).manual_seed(_default_seed(self.seed))
         self._z_known = False
         self._pending: tuple[Tensor, Tensor, Tensor] | None = None
 
     # -- sampling ----------------------------------------------------------------------
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        if self._gen is None or self._gen.device != device:
-            self._gen = torch.Generator(device=device).manual_seed(_default_seed(self.seed))
+        if self._gen.device != device:  # the module moved: same seed (as last reseeded), new device
+            self._gen = torch.Generator(device=device).manual_seed(self._gen.initial_seed())
         return self._gen
 
     def sample(self, y: Tensor) -> Tensor:

@@ -3,6 +3,11 @@
 The stages are ordered so that the expensive, reusable results (a trained teacher,
 the CLIP cache) are written to the run folder before the student starts, and a
 resumed run picks them up instead of redoing them.
+
+Under DDP (torchrun) every rank runs this same code: rank 0 alone writes files
+(teacher.pt, the CLIP cache, checkpoints, student.pt, train.log) and measures the
+teacher's and CLIP's accuracy; the others wait for it (a barrier, or polling for the
+CLIP cache) and then read the same files.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from richkd_deploy.data.for_recipe import build_recipe_datasets
 from richkd_deploy.errors import RunError
 from richkd_deploy.recipe import Recipe
 from richkd_deploy.runs import DEFAULT_RUNS_ROOT, RunDir, atomic_write_text, check_writable, run_lock
-from richkd_deploy.train import devices
+from richkd_deploy.train import devices, rng
 from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
-from richkd_deploy.train.loop import Stage, evaluate, fit, save_torch
+from richkd_deploy.train.loop import Stage, evaluate, fit, save_torch, scaled_lr
 
 STUDENT_FORMAT = "richkd-deploy/student/1"
 TEACHER_FORMAT = "richkd-deploy/teacher/1"
@@ -69,11 +74,17 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> lis
     return keys
 
 
-def _ce_compute(model: nn.Module):
-    def compute(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
-        logits, _ = model(images)
+class CEStep(nn.Module):
+    """The teacher stage's compute: CE on the model's logits. A module (not a closure)
+    so DDP can wrap it; it holds the model as its only submodule."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
+        logits, _ = self.model(images)
         return logits, {"ce": F.cross_entropy(logits, labels)}
-    return compute
 
 
 def _loader(ds: Any, recipe: Recipe, batch_size: int | None = None) -> Any:
@@ -99,7 +110,8 @@ def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.devic
     teacher = models.create_model(recipe.teacher.arch, num_classes=len(ds.classes)).to(device)
     test_loader = _loader(ds.test, recipe)
     if recipe.teacher.checkpoint:
-        source = load_teacher_weights(recipe, teacher, log)
+        with dist.main_first():  # one download into the checkpoint cache
+            source = load_teacher_weights(recipe, teacher, log)
     elif run.teacher.exists():
         models.load_state_dict_strict(teacher, models.load_checkpoint(run.teacher), source=str(run.teacher))
         source = str(run.teacher)
@@ -107,7 +119,7 @@ def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.devic
     else:
         epochs = recipe.teacher.epochs or recipe.optim.epochs
         log(f"[teacher] no teacher.checkpoint: training {recipe.teacher.arch} for {epochs} epochs first")
-        stage = Stage(name="teacher", module=teacher, classifier=teacher, compute=_ce_compute(teacher),
+        stage = Stage(name="teacher", module=teacher, classifier=teacher, compute=CEStep(teacher),
                       term_names=["ce"], parameters=list(teacher.parameters()), folder=run.teacher_dir,
                       epochs=epochs, lr=recipe.teacher.lr or recipe.optim.lr,
                       metrics_comments=[f"richkd-deploy {__version__} teacher stage, arch {recipe.teacher.arch}"],
@@ -117,12 +129,16 @@ def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.devic
         if dist.is_main:
             save_torch({"format": TEACHER_FORMAT, "model": teacher.state_dict(), "arch": recipe.teacher.arch,
                         "num_classes": len(ds.classes), "classes": ds.classes}, run.teacher)
+        dist.barrier()
+        if not dist.is_main:  # DDP kept the weights equal, not the BatchNorm statistics: take rank 0's
+            models.load_state_dict_strict(teacher, models.load_checkpoint(run.teacher), source=str(run.teacher))
         source = str(run.teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher.eval()
-    _, acc, n = evaluate(teacher, test_loader, device, devices.amp_enabled(device, recipe.optim.amp))
-    log(f"[teacher] {recipe.teacher.arch} test top-1 {acc:.4f} on {n} images")
+    if dist.is_main:  # once, not once per rank
+        _, acc, n = evaluate(teacher, test_loader, device, devices.amp_enabled(device, recipe.optim.amp))
+        log(f"[teacher] {recipe.teacher.arch} test top-1 {acc:.4f} on {n} images")
     return teacher, source
 
 
@@ -131,9 +147,15 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.devic
                   comments: list[str]) -> dict[str, Any]:
     from richkd_deploy import distill
 
+    # Seeded here, not by whatever ran before: building or reusing the CLIP cache (rank 0 builds,
+    # the others reuse) draws different amounts of randomness, and the initial student (and
+    # embeddings) must not depend on it.
+    torch.manual_seed(rng.epoch_seed(recipe.seed, "student-init", 0))
     student = models.create_model(recipe.student.arch, num_classes=len(ds.classes)).to(device)
+    # gather: every rank applies the memory-bank update of the whole (all-rank) batch.
     distiller = distill.create_distiller(recipe.distill.method, recipe.distill, student=student, teacher=teacher,
-                                         clip_targets=clip_targets, num_train=len(ds.train), device=device)
+                                         clip_targets=clip_targets, num_train=len(ds.train), device=device,
+                                         gather=dist.gather_cat if dist.enabled else None)
     distiller.to(device)
     stage = Stage(name="student", module=distiller, classifier=student, compute=distiller,
                   term_names=distill.term_names(recipe.distill.method, recipe.distill),
@@ -162,14 +184,18 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
         torch.manual_seed(recipe.seed)
         log(f"richkd-deploy {__version__}: recipe {recipe.name} ({recipe.source or 'inline'}), "
             f"method {recipe.distill.method}, device {device}, run folder {run.root}")
-        ds = build_recipe_datasets(recipe)
+        with dist.main_first():  # one download of the dataset
+            ds = build_recipe_datasets(recipe)
         if ds.dataset != recipe.data.dataset:
             log.warn(f"{recipe.data.dataset} is not available here: data.synthetic_fallback is on, using generated images")
         log(f"data: {ds.dataset} train {len(ds.train)} / holdout {len(ds.holdout) if ds.holdout else 0} / "
             f"test {len(ds.test)}, {len(ds.classes)} classes")
-        if dist.enabled:
-            eff = recipe.optim.batch_size * dist.world_size
-            log(f"DDP: {dist.world_size} processes x batch {recipe.optim.batch_size} = effective batch {eff}")
+        opt = recipe.optim
+        lr = scaled_lr(opt.lr, opt, dist.world_size)
+        rule = f"linear: {opt.lr:g} x {dist.world_size}" if opt.lr_scaling == "linear" else "none"
+        log(f"batch {opt.batch_size} per process x {dist.world_size} process(es) = effective batch "
+            f"{opt.batch_size * dist.world_size}; lr {lr:g} (optim.lr_scaling {rule})"
+            + (f"; DDP over {torch.distributed.get_backend()}, sync_bn {opt.sync_bn}" if dist.enabled else ""))
 
         teacher, teacher_source = (None, None)
         if recipe.needs_teacher:
@@ -194,6 +220,7 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
             save_torch(student_payload(recipe, student, ds, clip_random, teacher_source, final), run.student)
             log(f"student: {run.student} (test top-1 {final.get('test_acc', float('nan')):.4f})")
         dist.barrier()
+    dist.close()
     return run.root
 
 
