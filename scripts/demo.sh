@@ -19,6 +19,11 @@ if ! .venv/bin/python scripts/clip_weights_available.py ViT-B-32 openai; then
 BANNER
   extra=(-o clip.pretrained=none -o clip.allow_random=true)
 fi
+if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "No CUDA GPU: CLIP over all 54,000 training images would take most of an hour on a CPU,"
+  echo "so the demo trains on a 6,000-image class-balanced subset (-o data.train_limit=6000)."
+  extra+=(-o data.train_limit=6000)
+fi
 set -e
 $RD train recipes/quickstart.yaml --force "${extra[@]}"
 $RD export "$RUN" --force
