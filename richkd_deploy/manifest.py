@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from richkd_deploy.errors import ArtifactError
-from richkd_deploy.runs import RunDir, atomic_write_json, sha256_file
+from richkd_deploy.runs import RunDir, atomic_write_json, fsync_dir, sha256_file
 
 SCHEMA = "richkd-deploy/export-manifest/1"
 MANIFEST_NAME = "manifest.json"
@@ -52,14 +52,6 @@ class Manifest(dict):
         return find_artifact(self, file)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or unlink in `folder` durable before the next step relies on it."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def now_iso() -> str:
@@ -237,5 +229,5 @@ def remove_manifest(export_dir: Path) -> Manifest | None:
         old = read_manifest(export_dir)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-        _fsync_dir(Path(export_dir))
+        fsync_dir(Path(export_dir))
     return old

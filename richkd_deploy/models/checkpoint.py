@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from richkd_deploy.errors import CheckpointError
+from richkd_deploy.runs import fsync_dir
 
 # How many key names a mismatch message shows before "...".
 _SHOW = 3
@@ -238,18 +239,10 @@ def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
                 "writable and has free space (the previous file, if any, is unchanged)"
             ) from cause
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; best effort (not every OS/filesystem allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ---------------------------------------------------------------- fetch
