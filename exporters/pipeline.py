@@ -46,7 +46,7 @@ from richkd_deploy.manifest import (
     write_manifest,
 )
 from richkd_deploy.recipe import TrtConfig
-from richkd_deploy.runs import RunDir, run_lock
+from richkd_deploy.runs import RunDir, fsync_dir, run_lock
 
 Log = Callable[[str], None]
 STUDENT_FORMAT = "richkd-deploy/student/1"
@@ -143,12 +143,7 @@ def clean_staging(export_dir: Path) -> None:
 def _move_in(staging: Path, export_dir: Path, names: Iterable[str]) -> None:
     for name in names:
         os.replace(staging / name, export_dir / name)
-    with contextlib.suppress(OSError):
-        fd = os.open(export_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(export_dir)
 
 
 def commit(export_dir: Path, staging: Path, entries: list[dict[str, Any]],

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from richkd_deploy import __version__
 from richkd_deploy.data.for_recipe import build_eval_datasets
+from richkd_deploy.data.transforms import normalize_batch
 from richkd_deploy.errors import ArtifactError, MissingDependencyError, RichKDError
 from richkd_deploy.evaluate import corruptions as corr
 from richkd_deploy.evaluate import gates as gates_mod
@@ -47,10 +48,8 @@ def load_student_payload(path: Path) -> dict[str, Any]:
 
 
 def _normalise(images_u8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    x = images_u8.float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((x - m) / s).numpy()
+    """uint8 NCHW -> normalised float32 numpy, exactly as the eval transform does it."""
+    return normalize_batch(images_u8, mean, std).cpu().numpy()
 
 
 def predict_all(backend: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
