@@ -39,7 +39,6 @@ import argparse  # noqa: E402
 import gzip  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
@@ -51,6 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from richkd_deploy.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt, frost_source  # noqa: E402
+from richkd_deploy.evaluate.latency import describe_machine, machine_info  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 Predict = Callable[[torch.Tensor], Any]
@@ -113,26 +113,6 @@ def _timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, float]:
         fn()
         best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
     return best
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
 
 
 def time_suite(
@@ -336,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     names = [n for n in args.names.split(",") if n]
     report: dict[str, Any] = {"machine": machine_info(), "frost_source": frost_source(), "seed": args.seed}
-    print("machine:", json.dumps(report["machine"]), "| frost textures:", report["frost_source"])
+    print(describe_machine(report["machine"]), "| frost textures:", report["frost_source"])
     if args.fidelity:
         if not args.model:
             raise SystemExit("--fidelity needs --model")

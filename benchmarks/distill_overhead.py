@@ -17,8 +17,6 @@ speed (images/s) for 1,000 images through a random-weight ViT-B-32.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,25 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from richkd_deploy.clip.targets import CachedClipTargets  # noqa: E402
 from richkd_deploy.distill.distillers import create_distiller  # noqa: E402
+from richkd_deploy.evaluate.latency import describe_machine  # noqa: E402
 from richkd_deploy.models import create_model  # noqa: E402
 from richkd_deploy.recipe import DistillConfig  # noqa: E402
 
 METHODS = ("vanilla", "kd", "crd", "richkd_lf")
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"machine: {cpu}; {os.cpu_count()} CPUs; {platform.system()} {platform.release()}; "
-            f"python {platform.python_version()}; torch {torch.__version__}; torch threads {torch.get_num_threads()}; "
-            f"load average {', '.join(f'{v:.1f}' for v in load)}")
 
 
 def fake_cache(folder: Path, n: int, k: int, d: int) -> CachedClipTargets:
@@ -165,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=1, help="0 skips the step timing (cache build only)")
     args = p.parse_args(argv)
-    print(machine_info())
+    print(describe_machine())
     if args.steps:
         report_steps(args)
     if args.cache_images > 0:
@@ -173,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CLIP cache build, random ViT-B-32 at 224 px, {args.cache_images} images: {ips:.1f} images/s; "
               f"text tower {1000 * text_s:.0f} ms per prompt (x 1,200 prompts for 100 classes x 12 templates, "
               "once per run)")
-    print(machine_info())
+    print(describe_machine())
     return 0
 
 

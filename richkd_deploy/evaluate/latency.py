@@ -45,7 +45,10 @@ def summarize(times_s: Sequence[float], batch: int) -> LatencyStats:
 
 
 def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on (benchmarks always print it)."""
+    """What the numbers were measured on. Every benchmark prints it, load average
+    included: on a shared 2-core machine the load explains most of the variance."""
+    import torch
+
     info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(),
                             "python": platform.python_version(), "cpu_count": os.cpu_count()}
     if hasattr(os, "sched_getaffinity"):
@@ -63,7 +66,20 @@ def machine_info() -> dict[str, Any]:
             info[name] = __import__(name).__version__
         except ImportError:
             info[name] = None
+    info["torch_threads"] = torch.get_num_threads()
+    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    info["load_average"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return info
+
+
+def describe_machine(info: Mapping[str, Any] | None = None) -> str:
+    """`machine_info()` as one line for a benchmark's printout."""
+    m = dict(info or machine_info())
+    load = m.get("load_average")
+    return (f"machine: {m.get('cpu')} ({m.get('cpus_usable', m.get('cpu_count'))} usable cores, "
+            f"{'/'.join(m.get('simd') or []) or 'no AVX2'}), python {m.get('python')}, torch {m.get('torch')} "
+            f"({m.get('torch_threads')} threads), onnxruntime {m.get('onnxruntime')}, "
+            f"load average {', '.join(f'{v:.1f}' for v in load) if load else '?'}")
 
 
 def bench_callables(fns: Mapping[str, Callable[[np.ndarray], Any]], input_shape: Sequence[int],
@@ -141,9 +157,7 @@ def bench_backends(backends: Mapping[str, Any], input_shape: Sequence[int], thre
         report["int8_vs_fp32"] = {str(bs): r["onnxruntime-fp32"].p50_ms / r["onnxruntime-int8"].p50_ms
                                   for bs, r in results.items()}
     log(f"threads: {threads} (torch.set_num_threads and onnxruntime intra_op_num_threads)")
-    m = report["machine"]
-    log(f"machine: {m.get('cpu')} ({m.get('cpus_usable', m.get('cpu_count'))} usable cores, "
-        f"{'/'.join(m.get('simd', [])) or 'no AVX2'}), torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}")
+    log(describe_machine(report["machine"]))
     log(format_table(results))
     if "int8_vs_fp32" in report:
         log("int8 vs fp32 (onnxruntime): " + ", ".join(f"batch {bs}: {v:.2f}x" for bs, v in report["int8_vs_fp32"].items()))
