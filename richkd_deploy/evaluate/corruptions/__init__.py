@@ -27,9 +27,7 @@ filters (defocus, zoom, Gaussian, pixelate, JPEG via libjpeg).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from ._blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
@@ -37,6 +35,7 @@ from ._common import make_generator
 from ._digital import brightness, contrast, elastic_transform, jpeg_compression, pixelate, saturate
 from ._noise import pixel_noise
 from ._weather import fog, frost, frost_source, snow, spatter
+from .published import load_published
 
 __all__ = [
     "CORRUPTIONS",
@@ -177,41 +176,3 @@ def corrupt_all(
             yield name, severity, corrupt(images, name, severity, seed)
 
 
-def load_published(source: Path | str, name: str, severity: int, n: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Read one (corruption, severity) slice of CIFAR-10-C / CIFAR-100-C from disk.
-
-    The layout is ``<source>/<name>.npy`` holding [5 * M, H, W, 3] uint8 (the
-    five severities in order, M images each; M = 10000 for CIFAR) and
-    ``<source>/labels.npy`` holding the labels (M or 5 * M of them). Returns
-    (torch uint8 [n, 3, H, W] images, numpy int64 [n] labels), the first `n`
-    images of the slice (all when n is None). Missing or malformed files raise
-    DataError.
-    """
-    from richkd_deploy.errors import DataError
-
-    severity = _check_severity(severity)
-    folder = Path(source)
-    if not folder.is_dir():
-        raise DataError(f"corruption dataset folder {folder} does not exist; download CIFAR-10-C/CIFAR-100-C and pass its folder")
-    images_path, labels_path = folder / f"{name}.npy", folder / "labels.npy"
-    for path in (images_path, labels_path):
-        if not path.is_file():
-            raise DataError(f"{path} is missing; expected <name>.npy and labels.npy in {folder} (CIFAR-10-C layout)")
-    try:
-        data = np.load(images_path, mmap_mode="r")
-        labels = np.load(labels_path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {images_path} or {labels_path}: {exc}") from exc
-    if data.ndim != 4 or data.shape[-1] != 3 or data.shape[0] % 5 or data.dtype != np.uint8:
-        raise DataError(f"{images_path} must be uint8 [5*M, H, W, 3], got {data.dtype} {data.shape}")
-    per = data.shape[0] // 5
-    if labels.ndim != 1 or labels.shape[0] not in (per, 5 * per):
-        raise DataError(f"{labels_path} must hold {per} or {5 * per} labels, got shape {labels.shape}")
-    count = per if n is None else min(int(n), per)
-    if count < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    start = (severity - 1) * per
-    chunk = np.array(data[start : start + count])  # a writable copy, not a view of the memory map
-    label_start = start if labels.shape[0] == 5 * per else 0
-    y = np.asarray(labels[label_start : label_start + count]).astype(np.int64)
-    return torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous(), y
