@@ -87,9 +87,9 @@ def profile_of(sidecar: dict[str, Any]) -> ShapeProfile:
     return ShapeProfile(sidecar["input_name"], tuple(r["min"]), tuple(r["opt"]), tuple(r["max"]))
 
 
-def check_sidecar(engine_path: str | Path, env: RuntimeEnv) -> dict[str, Any]:
-    """Refuse an engine that is missing its sidecar, was modified, or was built for
-    another TensorRT major.minor or another GPU architecture. Returns the sidecar."""
+def verify_engine_file(engine_path: str | Path) -> dict[str, Any]:
+    """The checks that need neither TensorRT nor a GPU: the engine exists, has a readable
+    sidecar, and is byte for byte the file that was built. Returns the sidecar."""
     engine_path = Path(engine_path)
     if not engine_path.is_file():
         raise ArtifactError(f"TensorRT engine {engine_path} does not exist; build it with richkd-deploy export --trt")
@@ -98,6 +98,14 @@ def check_sidecar(engine_path: str | Path, env: RuntimeEnv) -> dict[str, Any]:
     if actual != side["sha256"]:
         raise ArtifactError(f"{engine_path} changed since it was built (sha256 {actual[:12]}..., sidecar says "
                             f"{side['sha256'][:12]}...); {REBUILD}")
+    return side
+
+
+def check_sidecar(engine_path: str | Path, env: RuntimeEnv) -> dict[str, Any]:
+    """Refuse an engine that is missing its sidecar, was modified, or was built for
+    another TensorRT major.minor or another GPU architecture. Returns the sidecar."""
+    engine_path = Path(engine_path)
+    side = verify_engine_file(engine_path)
     built, running = parse_version(side["tensorrt_version"]), parse_version(env.tensorrt_version)
     if (built.major, built.minor) != (running.major, running.minor):
         raise ArtifactError(f"{engine_path.name} was built with TensorRT {side['tensorrt_version']} but this machine "

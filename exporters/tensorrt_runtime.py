@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.deps import require
-from exporters.engine_sidecar import RuntimeEnv, check_sidecar, profile_of
+from exporters.engine_sidecar import RuntimeEnv, check_sidecar, profile_of, verify_engine_file
 from exporters.trt_plan import ShapeProfile
 from richkd_deploy.errors import ArtifactError, MissingDependencyError
 
@@ -82,7 +82,9 @@ class TrtEngine:
 
 
 def load_engine(engine_path: str | Path, env: RuntimeEnv | None = None) -> TrtEngine:
-    """Check the sidecar against this machine, *then* deserialize."""
+    """Check the sidecar against this machine, *then* deserialize. A missing, unreadable
+    or altered engine is refused before TensorRT is even needed."""
+    verify_engine_file(engine_path)
     trt = require("tensorrt", "trt")
     env = env or running_env()
     sidecar = check_sidecar(engine_path, env)

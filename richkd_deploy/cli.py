@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
-    except RichKDError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except RichKDError as exc:  # one line, whatever the message quotes (a key or path with a newline)
+        click.echo("error: " + str(exc).replace("\r", "\\r").replace("\n", "\\n"), err=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

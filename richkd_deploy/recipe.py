@@ -376,7 +376,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError(f"override {text!r}: empty key segment")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer of more than 4300 digits
         value = raw
     return parts, value
 
@@ -436,6 +436,29 @@ def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
             raise RecipeError(f"teacher.checkpoint: {ckpt} is not a file; give a local path, an http(s) URL, or null to train the teacher")
 
 
+_MAX_DEPTH = 32
+_MAX_NODES = 100_000
+
+
+def _check_size(data: Any) -> None:
+    """Refuse structures no recipe has before copying them: YAML aliases can make a
+    small file expand to billions of nodes, or refer to themselves."""
+    stack, nodes = [(data, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if depth > _MAX_DEPTH:
+            raise RecipeError(f"recipe: nested more than {_MAX_DEPTH} levels deep (or a YAML alias that refers to "
+                              "itself); a recipe is a few flat sections")
+        if nodes > _MAX_NODES:
+            raise RecipeError(f"recipe: more than {_MAX_NODES} values (YAML aliases expanding?); "
+                              "a recipe is a few flat sections")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+
+
 def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | None = None,
               overrides: typing.Sequence[str] = (), check_files: bool = True) -> Recipe:
     """Build a Recipe from a parsed mapping; `base_dir` anchors relative paths."""
@@ -443,6 +466,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | No
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"recipe: expected a mapping of sections at the top level, got {type(data).__name__}")
+    _check_size(data)
     data = json.loads(json.dumps(data, default=str))  # deep copy, normalises YAML dates etc.
     for text in overrides:
         parts, value = _parse_override(text)
@@ -474,6 +498,11 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RecipeError(f"recipe {p}: not valid YAML ({first})") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {p}: nested too deeply to be a recipe") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"recipe {p}: a value cannot be read ({first})") from None
     except OSError as exc:
         raise RecipeError(f"recipe {p}: cannot read it ({exc.strerror})") from None
     return from_dict(data, base_dir=p.resolve().parent, source=str(p.resolve()), overrides=overrides)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from richkd_deploy import faults
 from richkd_deploy.errors import RunError
 
 DEFAULT_RUNS_ROOT = Path("runs")
@@ -122,6 +124,25 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+class _RecordingFile:
+    """The temp file as handed to a writer: remembers the OSError of a failed write,
+    whatever the writer turns it into."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def atomic_write(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
     """Write `path` through `writer(file)` via a temp file + rename.
 
@@ -133,22 +154,27 @@ def atomic_write(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
+    recorder: _RecordingFile | None = None
     try:
         with os.fdopen(fd, "wb") as f:
-            writer(f)
+            recorder = _RecordingFile(f)
+            writer(recorder)  # type: ignore[arg-type]
             f.flush()
+            faults.pause(f"write:{path}")
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are meant to be shared
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        reason = "file too large or disk full" if exc.errno in (errno.EFBIG, errno.ENOSPC) else (exc.strerror or str(exc))
+        # torch.save reports a failed write (EFBIG, ENOSPC) as a RuntimeError from its zip
+        # writer; the OSError the file raised underneath is what the user needs to see.
+        cause = exc if isinstance(exc, OSError) else recorder.error if recorder is not None else None
+        if cause is None:
+            raise
+        reason = ("file too large or disk full" if cause.errno in (errno.EFBIG, errno.ENOSPC)
+                  else (cause.strerror or str(cause)))
         raise RunError(f"could not write {path}: {reason}; the previous file (if any) is unchanged") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     fsync_dir(path.parent)
     return path
 
@@ -183,44 +209,77 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_HELD: set[Path] = set()  # run folders this process has locked (run_lock is re-entrant)
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        owner = json.loads(os.read(fd, 4096).decode("utf-8", "replace") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _in_use(root: Path, owner: dict[str, Any]) -> RunError:
+    return RunError(f"run folder {root} is in use by another process ({owner.get('command', '?')}, pid "
+                    f"{owner.get('pid', '?')}); wait for it to finish or use another --run-dir")
+
+
 @contextlib.contextmanager
 def run_lock(root: Path, command: str) -> Iterator[None]:
     """Hold an exclusive lock on a run folder for the duration of `command`.
 
-    The lock is an `O_EXCL` file holding the owner's pid; a lock left by a process
-    that no longer exists (killed with SIGKILL) is taken over, so a crash never
-    leaves a run stuck.
+    The lock is an advisory `flock` on `RUN/.lock`, which also records the owner's pid
+    and command for the refusal message. The kernel drops the lock when its holder
+    dies, however it dies (SIGKILL, OOM), so a crash never leaves a run stuck, not even
+    when the dead holder's pid has since been reused by another process. Where the
+    filesystem has no `flock`, a lock file whose pid no longer exists is taken over.
     """
     root.mkdir(parents=True, exist_ok=True)
     lock = RunDir(root).lock
-    for _attempt in range(2):
+    key = root.resolve()
+    if key in _HELD:  # a nested call in the process that already holds it
+        yield
+        return
+    for _attempt in range(5):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                owner = {}
-            pid = int(owner.get("pid", 0) or 0)
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                raise RunError(
-                    f"run folder {root} is in use by another process ({owner.get('command', '?')}, pid {pid}); "
-                    "wait for it to finish or use another --run-dir") from None
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-            continue
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise RunError(f"run folder {root} is not writable ({exc.strerror}); choose another --run-dir") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "command": command}, f)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise _in_use(root, owner) from None
+        except OSError:  # no flock here (some network filesystems): fall back to the recorded pid
+            owner = _read_owner(fd)
+            pid = int(owner.get("pid", 0) or 0) if str(owner.get("pid", "")).isdigit() else 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                os.close(fd)
+                raise _in_use(root, owner) from None
+        try:  # a holder that was releasing may have unlinked the file we opened: lock the one on disk
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is None or not os.path.samestat(os.fstat(fd), current):
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"pid": os.getpid(), "command": command}).encode())
         break
     else:
         raise RunError(f"could not lock run folder {root}; remove {lock} if no richkd-deploy process is running")
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         with contextlib.suppress(OSError):
-            lock.unlink()
+            lock.unlink()  # while still holding it: the next run locks a fresh file
+        os.close(fd)
 
 
 def check_writable(root: Path) -> None:

@@ -16,9 +16,10 @@ stored them as model buffers, ~87 MB in every checkpoint).
   only feed a learned linear embedding, where 3 significant digits are plenty.
 - `train_targets.json` the fingerprint (CLIP architecture + weights id, templates,
   class-name format, logit scale, class names, dataset name, size and a content
-  hash of labels and a few images), shapes and file sizes. It is written last, so
-  its presence means the arrays are complete; a fingerprint mismatch, a missing
-  or truncated array rebuilds the cache (and says why), never a silent reuse.
+  hash of labels and a few images), shapes, file sizes and sha256s. It is written
+  last, so its presence means the arrays are complete; a fingerprint mismatch, a
+  missing, truncated or altered array rebuilds the cache (and says why), never a
+  silent reuse.
 
 Online: CLIP sees the student's own augmented view: the student normalisation is
 undone, the batch is resized on the device to CLIP's input size (CLIP's
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from richkd_deploy import faults
 from richkd_deploy.clip.loader import LoadedClip, load_clip
 from richkd_deploy.clip.prompts import (
     TEXT_EMBEDDINGS_FILE,
@@ -51,7 +53,7 @@ from richkd_deploy.clip.prompts import (
     resolve_logit_scale,
 )
 from richkd_deploy.errors import DataError, RichKDError
-from richkd_deploy.runs import RunDir, atomic_write_json
+from richkd_deploy.runs import RunDir, atomic_write_json, sha256_file
 
 LOGITS_FILE = "train_logits.npy"
 FEATURES_FILE = "train_features.npy"
@@ -248,6 +250,12 @@ def validate_clip_cache(clip_dir: Path, fingerprint: dict[str, Any] | None = Non
             return f"{name} is corrupt ({type(exc).__name__})"
         if arr.shape != shape or arr.dtype != np.dtype(dtype):
             return f"{name} has shape {arr.shape} {arr.dtype}, expected {shape} {np.dtype(dtype).name}"
+        del arr
+        expected = meta.get("sha256", {}).get(name) if isinstance(meta.get("sha256"), dict) else None
+        if expected is None:
+            return f"{META_FILE} has no checksum for {name} (made by an older version)"
+        if sha256_file(path) != expected:
+            return f"{name} is corrupt (its sha256 differs from the one recorded when it was built)"
     return None
 
 
@@ -289,6 +297,7 @@ def build_clip_cache(loaded: LoadedClip, head: ZeroShotHead, train_ds: Any, clip
             feats_mm[idx] = feats.cpu().numpy().astype(FEATURE_DTYPE)
             written[idx] = True
             correct += int((logits.argmax(1).cpu().numpy() == labels[idx]).sum())
+            faults.pause("clip-cache:batch")
         if not written.all():
             raise ClipCacheError(f"CLIP cache build covered {int(written.sum())} of {n} images; the dataset "
                                  "returned fewer items than its length: check the data folder")
@@ -303,9 +312,10 @@ def build_clip_cache(loaded: LoadedClip, head: ZeroShotHead, train_ds: Any, clip
                 tmp.unlink()
     elapsed = time.perf_counter() - t0
     sizes = {name: (clip_dir / name).stat().st_size for name in (LOGITS_FILE, FEATURES_FILE)}
+    sha256 = {name: sha256_file(clip_dir / name) for name in (LOGITS_FILE, FEATURES_FILE)}
     train_acc = correct / max(n, 1)
     atomic_write_json(clip_dir / META_FILE, {
-        "fingerprint": fingerprint, "feature_dim": d, "sizes": sizes,
+        "fingerprint": fingerprint, "feature_dim": d, "sizes": sizes, "sha256": sha256,
         "features": "CLIP encode_image output (after projection, before L2 normalisation), float16",
         "train_zero_shot_top1": train_acc, "build_seconds": round(elapsed, 2),
     })

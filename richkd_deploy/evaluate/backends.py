@@ -50,8 +50,10 @@ class Backend:
             raise ArtifactError(f"{self.name}: expected a float32 batch [N, C, H, W], got {batch.dtype} "
                                 f"{list(batch.shape)}")
         if self.input_shape is not None and tuple(batch.shape[1:]) != tuple(self.input_shape):
-            raise ArtifactError(f"{self.name}: images are {list(batch.shape[1:])} but the model takes "
-                                f"{list(self.input_shape)}; check data.input_size")
+            path = getattr(self, "path", None)
+            what = f"{Path(path).name} ({self.name})" if path is not None else self.name
+            raise ArtifactError(f"{what}: images are {list(batch.shape[1:])} but the model takes "
+                                f"{list(self.input_shape)}; check data.input_size, or use a model made for this data")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         n = batch.shape[0]
         if n == 0:
@@ -172,7 +174,13 @@ class OnnxRuntimeBackend(Backend):
             self.num_classes = out[1]
 
     def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        try:
+            return self.session.run(None, {self.input_name: batch})[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ArtifactError(f"{self.path.name}: onnxruntime cannot run it on images {list(batch.shape[1:])} "
+                                f"({first}); the model does not take this dataset's input, check data.input_size "
+                                "or re-export it") from None
 
     def close(self) -> None:
         super().close()

@@ -52,7 +52,7 @@ def add_calibrated_model(run: RunDir, payload: dict[str, Any], recipe: Recipe, m
     from richkd_deploy.data.for_recipe import build_eval_datasets
     from richkd_deploy.evaluate.backends import create_backend
     from richkd_deploy.evaluate.harness import _normalise, predict_all
-    from richkd_deploy.manifest import add_artifact
+    from richkd_deploy.manifest import add_artifact, write_manifest
 
     source = run.export_dir / "model.onnx"
     backend = create_backend(source, provider="cpu", manifest=manifest)  # sha256-checked
@@ -68,6 +68,9 @@ def add_calibrated_model(run: RunDir, payload: dict[str, Any], recipe: Recipe, m
     model = fold_temperature(onnx.load(str(source)), t)
     set_metadata(model, encode({"temperature": t, "calibrated_on": f"holdout ({len(labels)} training images)"}))
     target = run.export_dir / CALIBRATED
+    if manifest.artifact(CALIBRATED) is not None:  # the manifest never vouches for a file being replaced
+        manifest["artifacts"] = [a for a in manifest["artifacts"] if a["file"] != CALIBRATED]
+        write_manifest(manifest)
     atomic_write_bytes(target, model.SerializeToString())
     calibrated = create_backend(target, provider="cpu", manifest=False)
     got = predict_all(calibrated, x[:256], recipe.validate.batch_size)

@@ -44,6 +44,10 @@ def load_student_payload(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not a readable student checkpoint ({first}); retrain or restore it") from None
     if not isinstance(payload, dict) or payload.get("format") != "richkd-deploy/student/1":
         raise ArtifactError(f"{path}: not a richkd-deploy student checkpoint")
+    missing = [k for k in ("model", "recipe", "arch", "num_classes", "input_size", "mean", "std") if k not in payload]
+    if missing or not isinstance(payload["recipe"], dict):
+        raise ArtifactError(f"{path}: lacks {', '.join(missing) or 'a recipe'}; retrain with this version of "
+                            "richkd-deploy")
     return payload
 
 
@@ -266,7 +270,8 @@ def _corruption_suite(rows: list[_Row], test_ds: Any, recipe: Recipe, mean: Sequ
     bar = tqdm(cells, desc="corruptions", disable=quiet, leave=False)
     for name, severity in bar:
         if c.source:
-            images, cell_labels = corr.load_published(Path(c.source), name, severity, n=n)
+            images, cell_labels = corr.load_published(Path(c.source), name, severity, n=n,
+                                                      classes=test_ds.classes, size=recipe.data.input_size)
         else:
             images, cell_labels = corr.corrupt(clean_u8, name, severity, seed=c.seed), labels
         x = _normalise(images, mean, std)

@@ -160,7 +160,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = _first_line(e)
-        if "weights only load failed" in str(e).lower():
+        # random bytes also fail in the weights-only unpickler ("Unsupported operand"): that is a
+        # damaged file, not one that carries code
+        if "weights only load failed" in str(e).lower() and "unsupported operand" not in str(e).lower():
             raise CheckpointError(
                 f"checkpoint {p} was refused: it contains Python objects that torch.load(weights_only=True) "
                 f"will not unpickle because loading them could run code ({_refusal_detail(e)}). Only load "

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from richkd_deploy import faults
 from richkd_deploy.errors import CheckpointError, RichKDError
 from richkd_deploy.recipe import OptimConfig
 from richkd_deploy.runs import atomic_write, atomic_write_text
@@ -200,6 +201,24 @@ def _wrap_for_ddp(stage: Stage, cfg: OptimConfig, device: torch.device, dist: Di
     return dist.wrap(stage.compute, device, sync_bn=sync_bn)
 
 
+def _to_channels_last(stage: Stage, cfg: OptimConfig) -> None:
+    """`optim.channels_last` converts the weights as well as the inputs (inputs alone in
+    NHWC would make every convolution transpose them back); before any DDP wrapping, so
+    DDP's gradient buckets are laid out for the converted parameters."""
+    if cfg.channels_last and isinstance(stage.compute, nn.Module):
+        stage.compute.to(memory_format=torch.channels_last)
+
+
+def _compiled(stage: Stage, net: Compute, cfg: OptimConfig, log: RunLog) -> Compute:
+    """`optim.compile` compiles the whole step's forward (student, frozen teacher and
+    loss terms together), around DDP where there is DDP. Off by default: it pays off on
+    GPUs and costs a minute or more at the first step."""
+    if not cfg.compile:
+        return net
+    log(f"[{stage.name}] optim.compile: compiling the training step (the first batches are slow)")
+    return torch.compile(net)
+
+
 def fit(stage: Stage, cfg: OptimConfig, train_ds: Any, test_loader: Any, make_loader: Callable[..., Any],
         device: torch.device, seed: int, num_workers: int, log: RunLog, resume: bool, quiet: bool,
         dist: DistContext | None = None) -> dict[str, Any]:
@@ -235,7 +254,9 @@ def fit(stage: Stage, cfg: OptimConfig, train_ds: Any, test_loader: Any, make_lo
         resume_rng = state["rng"] if skip_batches else None
         log(f"[{stage.name}] resuming at epoch {start_epoch + 1}" + (f", batch {skip_batches + 1}" if skip_batches else ""))
         _check_world_size(stage, cfg, int(state.get("world_size", 1)), dist.world_size, log)
+    _to_channels_last(stage, cfg)
     net = _wrap_for_ddp(stage, cfg, device, dist, log)  # after the load: DDP starts from rank 0's weights
+    net = _compiled(stage, net, cfg, log)
 
     def checkpoint(epoch: int, step: int, rng_state: dict[str, Any] | None) -> dict[str, Any]:
         return {
@@ -303,6 +324,7 @@ def fit(stage: Stage, cfg: OptimConfig, train_ds: Any, test_loader: Any, make_lo
                     bar.set_postfix({k: f"{v / max(seen, 1):.3f}" for k, v in sums.items()}
                                     | {"acc": f"{correct / seen:.3f}"}, refresh=False)
                     bar.update(1)
+                    faults.pause(f"step:{stage.name}")
                     stop.check()
             except KeyboardInterrupt:
                 bar.close()

@@ -168,8 +168,16 @@ def test_silent_provider_fallback_is_detected(export_dir: Path, monkeypatch: pyt
 
 @pytest.mark.skipif(available("tensorrt"), reason="checks the error when tensorrt is absent")
 def test_tensorrt_backend_without_tensorrt(tmp_path: Path) -> None:
+    from exporters.engine_sidecar import RuntimeEnv, make_sidecar, write_sidecar
+    from exporters.trt_plan import ShapeProfile
+
     engine = tmp_path / "model.fp16.engine"
     engine.write_bytes(b"plan")
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    profile = ShapeProfile("input", (1, 3, 32, 32), (8, 3, 32, 32), (64, 3, 32, 32))
+    # an intact engine + sidecar: only then is the missing TensorRT the problem (a missing
+    # sidecar or a changed engine is refused first, without TensorRT)
+    write_sidecar(engine, make_sidecar(engine, tmp_path / "model.onnx", "fp16", profile, RuntimeEnv("10.3.0", "GPU", "8.9")))
     with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
         create_backend(engine)
     with pytest.raises(ArtifactError, match="provider 'tensorrt'"):
