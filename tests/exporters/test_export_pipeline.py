@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -137,38 +132,6 @@ def test_export_run_from_a_run_folder(tmp_path: Path) -> None:
     assert not (run / ".lock").exists()
     with pytest.raises(ArtifactError, match="--force"):
         export_run(run, quiet=True, log=quiet_log)
-
-
-_CHILD = """
-import sys
-from pathlib import Path
-from exporters.pipeline import export_run
-export_run(Path(sys.argv[1]), force=True, quiet=True, log=lambda m: print(m, flush=True))
-"""
-
-
-@pytest.mark.slow
-def test_sigkill_at_random_moments(tmp_path: Path) -> None:
-    """Kill -9 a real export at random moments: the manifest is always absent or
-    complete, the lock is taken over, and a rerun completes."""
-    run = make_run(tmp_path / "runs" / "exp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", _CHILD, str(run)]
-    t0 = time.monotonic()
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
-    full = time.monotonic() - t0
-    rng = random.Random(int(os.environ.get("RICHKD_KILL_SEED", "0")))
-    for _ in range(3):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        time.sleep(rng.uniform(0.4 * full, 1.0 * full))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        assert listed_files_ok(run / "export")
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
-    manifest = read_manifest(run)
-    for entry in manifest["artifacts"]:
-        verify_artifact(manifest, entry["file"])
-    assert not list((run / "export").glob(".staging-*"))
 
 
 class FakeEngine:
