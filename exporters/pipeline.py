@@ -36,7 +36,7 @@ from exporters.metadata import build_metadata
 from exporters.onnx_fp32 import INPUT_NAME, OUTPUT_NAME, export_onnx
 from exporters.ort_session import make_session, run_session
 from exporters.parity import ParityResult, agreement, check_parity, measure, top1, torch_predictor
-from richkd_deploy.errors import CheckpointError, MissingDependencyError
+from richkd_deploy.errors import MissingDependencyError
 from richkd_deploy.manifest import (
     Manifest,
     artifact_entry,
@@ -49,7 +49,6 @@ from richkd_deploy.recipe import TrtConfig
 from richkd_deploy.runs import RunDir, fsync_dir, run_lock
 
 Log = Callable[[str], None]
-STUDENT_FORMAT = "richkd-deploy/student/1"
 TIMING_CACHE = "timing.cache"
 EVAL_BATCH = 256
 
@@ -365,20 +364,7 @@ def load_student(path: Path) -> LoadedStudent:
     from richkd_deploy import models
     from richkd_deploy.runs import sha256_file
 
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: train first (richkd-deploy train RECIPE) or pass the run folder")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors have many types
-        raise CheckpointError(f"{path} cannot be loaded safely ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                              "retrain or restore the file") from None
-    if not isinstance(payload, dict) or payload.get("format") != STUDENT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a richkd-deploy student checkpoint (format {found!r}, expected "
-                              f"{STUDENT_FORMAT!r}); pass a run folder made by richkd-deploy train")
-    missing = [k for k in ("model", "arch", "num_classes", "input_size", "mean", "std") if k not in payload]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; retrain with this version of richkd-deploy")
+    payload = models.load_student_checkpoint(path)
     model = models.create_model(payload["arch"], num_classes=int(payload["num_classes"]))
     models.load_state_dict_strict(model, payload["model"], source=str(path))
     view = models.export_view(model).eval()

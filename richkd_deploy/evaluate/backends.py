@@ -20,8 +20,6 @@ import numpy as np
 
 from richkd_deploy.errors import ArtifactError, CheckpointError
 
-STUDENT_FORMAT = "richkd-deploy/student/1"
-
 
 def _split(n: int, max_batch: int) -> list[slice]:
     return [slice(i, min(i + max_batch, n)) for i in range(0, n, max_batch)]
@@ -122,18 +120,9 @@ def load_torch_checkpoint(path: Path, arch: str | None = None,
                           num_classes: int | None = None) -> tuple[Any, dict[str, Any]]:
     """A logits-only module from student.pt, a teacher checkpoint (`{"arch", "model"}`)
     or a bare state dict plus `arch` (mdistiller's `{"model": state_dict}` too)."""
-    import torch
-
     from richkd_deploy import models
 
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path} cannot be loaded safely ({type(exc).__name__}); restore or retrain it") from None
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a checkpoint dict")
+    payload = models.load_checkpoint(path)  # weights_only, one-line errors
     state = payload.get("model", payload)
     arch = payload.get("arch") or arch
     if not arch:

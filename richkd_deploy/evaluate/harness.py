@@ -27,28 +27,12 @@ from richkd_deploy.errors import ArtifactError, MissingDependencyError, RichKDEr
 from richkd_deploy.evaluate import corruptions as corr
 from richkd_deploy.evaluate import gates as gates_mod
 from richkd_deploy.evaluate import metrics
+from richkd_deploy.models.checkpoint import load_student_checkpoint
 from richkd_deploy.recipe import Recipe, from_dict
 from richkd_deploy.runs import RunDir, atomic_write_json, run_lock
 
 SCHEMA = "richkd-deploy/validate/1"
 HIST_BINS = 20
-
-
-def load_student_payload(path: Path) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found; train a run first") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ArtifactError(f"{path}: not a readable student checkpoint ({first}); retrain or restore it") from None
-    if not isinstance(payload, dict) or payload.get("format") != "richkd-deploy/student/1":
-        raise ArtifactError(f"{path}: not a richkd-deploy student checkpoint")
-    missing = [k for k in ("model", "recipe", "arch", "num_classes", "input_size", "mean", "std") if k not in payload]
-    if missing or not isinstance(payload["recipe"], dict):
-        raise ArtifactError(f"{path}: lacks {', '.join(missing) or 'a recipe'}; retrain with this version of "
-                            "richkd-deploy")
-    return payload
 
 
 def _normalise(images_u8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -175,7 +159,7 @@ def validate_run(run_dir: Path, artifacts: Sequence[str] = (), calibrate: bool =
 
     run = RunDir(Path(run_dir))
     with run_lock(run.root, "validate"):
-        payload = load_student_payload(run.student)
+        payload = load_student_checkpoint(run.student, require_recipe=True)
         recipe: Recipe = from_dict(payload["recipe"], check_files=False)
         v = recipe.validate
         manifest = read_manifest(run.export_dir) if run.manifest.exists() else None

@@ -12,6 +12,7 @@ from richkd_deploy.models.checkpoint import (
     fetch_checkpoint,
     load_checkpoint,
     load_state_dict_strict,
+    load_student_checkpoint,
     save_checkpoint,
 )
 from richkd_deploy.models.registry import create_model, list_models, register_model
@@ -25,6 +26,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_state_dict_strict",
+    "load_student_checkpoint",
     "register_model",
     "save_checkpoint",
 ]

@@ -179,6 +179,29 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return obj
 
 
+STUDENT_FORMAT = "richkd-deploy/student/1"
+STUDENT_KEYS = ("model", "arch", "num_classes", "input_size", "mean", "std")
+
+
+def load_student_checkpoint(path: str | os.PathLike[str], require_recipe: bool = False) -> dict[str, Any]:
+    """`student.pt` as `train` writes it, for export, validate and bench alike: read
+    through `load_checkpoint` (weights_only, one-line errors), then its format and keys
+    checked, so every command refuses the same bad file with the same words."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist: train first (richkd-deploy train RECIPE) or pass the run folder")
+    payload = load_checkpoint(p)
+    if payload.get("format") != STUDENT_FORMAT:
+        raise CheckpointError(f"{p} is not a richkd-deploy student checkpoint (format {payload.get('format')!r}, "
+                              f"expected {STUDENT_FORMAT!r}); pass a run folder made by richkd-deploy train")
+    missing = [k for k in STUDENT_KEYS if k not in payload]
+    if require_recipe and not isinstance(payload.get("recipe"), dict):
+        missing.append("recipe")
+    if missing:
+        raise CheckpointError(f"{p} lacks {', '.join(missing)}; retrain with this version of richkd-deploy")
+    return payload
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
