@@ -30,10 +30,11 @@ system-packages:
 	else echo "not root or no apt-get: skipping Debian packages (dataset-fashion-mnist, chromium)"; fi
 
 test: setup
-	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider
+	# two workers, one test file each at a time (module fixtures are built once): 9.3 -> 6.2 min on 2 cores
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow"
 
 demo: setup
 	bash scripts/demo.sh
