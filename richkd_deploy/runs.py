@@ -226,6 +226,22 @@ def _in_use(root: Path, owner: dict[str, Any]) -> RunError:
                     f"{owner.get('pid', '?')}); wait for it to finish or use another --run-dir")
 
 
+def sweep_stale_temp_files(root: Path) -> int:
+    """Delete the temp files of writes that never finished (`.<name>.<random>.tmp`, left
+    by a process killed mid-write); returns how many. Only called under the run lock,
+    when no other process can be writing in this run folder, so every such file is
+    garbage. Export staging folders are the exporter's own business and stay."""
+    removed = 0
+    for path in root.rglob(".*.tmp"):
+        if any(part.startswith(".staging") for part in path.relative_to(root).parts[:-1]):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                path.unlink()
+                removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def run_lock(root: Path, command: str) -> Iterator[None]:
     """Hold an exclusive lock on a run folder for the duration of `command`.
@@ -273,6 +289,7 @@ def run_lock(root: Path, command: str) -> Iterator[None]:
     else:
         raise RunError(f"could not lock run folder {root}; remove {lock} if no richkd-deploy process is running")
     _HELD.add(key)
+    sweep_stale_temp_files(root)
     try:
         yield
     finally:

@@ -88,3 +88,18 @@ def test_newest_run_and_hash(tmp_path):
     assert newest_run(tmp_path / "runs").name == "a"
     assert sha256_file(tmp_path / "runs" / "b" / "student.pt") == \
         "3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d"
+
+
+def test_taking_the_lock_sweeps_temp_files_of_killed_writes(tmp_path):
+    """A SIGKILL between the temp write and the rename leaves `.<name>.<random>.tmp`
+    behind; the next command on the run removes it, and nothing else."""
+    root = tmp_path / "run"
+    stale = [root / "checkpoints" / ".last.pt.k3j2.tmp", root / "clip" / ".train_logits.npy.4242.tmp",
+             root / ".metrics.csv.x1.tmp"]
+    kept = [root / "checkpoints" / "last.pt", root / "notes.tmp", root / "export" / ".staging-1" / ".model.onnx.a.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    with run_lock(root, "train"):
+        assert not any(p.exists() for p in stale)
+        assert all(p.exists() for p in kept)
