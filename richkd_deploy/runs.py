@@ -172,8 +172,9 @@ def atomic_write(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
         cause = exc if isinstance(exc, OSError) else recorder.error if recorder is not None else None
         if cause is None:
             raise
-        reason = ("file too large or disk full" if cause.errno in (errno.EFBIG, errno.ENOSPC)
-                  else (cause.strerror or str(cause)))
+        reason = cause.strerror or str(cause)
+        if cause.errno in (errno.EFBIG, errno.ENOSPC):
+            reason += " (file too large or disk full)"
         raise RunError(f"could not write {path}: {reason}; the previous file (if any) is unchanged") from None
     fsync_dir(path.parent)
     return path

@@ -21,13 +21,13 @@ import urllib.request
 from collections.abc import Mapping
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from richkd_deploy.errors import CheckpointError
-from richkd_deploy.runs import fsync_dir
+from richkd_deploy.errors import CheckpointError, RunError
+from richkd_deploy.runs import atomic_write
 
 # How many key names a mismatch message shows before "...".
 _SHOW = 3
@@ -214,60 +214,14 @@ def _refusal_detail(e: BaseException) -> str:
     return f"it refers to {match.group(1)}" if match else "unsupported pickle content"
 
 
-class _RecordingWriter:
-    """File proxy that remembers the OSError of a failed write.
-
-    torch.save reports a failed write (disk full, file-size limit) as an opaque
-    RuntimeError from its zip writer; the recorded OSError is what the user needs.
-    """
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self.error: OSError | None = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
 def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """Write `obj` with torch.save so that `path` always holds a complete file.
-
-    The data goes to `<name>.tmp-<pid>` in the same folder (same filesystem, so the
-    rename is atomic), is fsynced, then renamed over `path`. If anything fails the
-    temporary file is removed and the previous file under `path` is untouched.
-    """
-    final = Path(path)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    writer: _RecordingWriter | None = None
+    """Write `obj` with torch.save so that `path` always holds a complete file: through
+    `runs.atomic_write` (temp file, fsync, rename), whose failure keeps the previous file
+    and names the OS error that torch.save itself would hide."""
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            writer = _RecordingWriter(f)
-            torch.save(obj, writer)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        cause = writer.error if writer is not None and writer.error is not None else e
-        if isinstance(cause, OSError):
-            raise CheckpointError(
-                f"could not write checkpoint {final}: {cause.strerror or cause}; check that the folder is "
-                "writable and has free space (the previous file, if any, is unchanged)"
-            ) from cause
-        raise
-    fsync_dir(final.parent)
-    return final
-
-
+        return atomic_write(Path(path), lambda f: torch.save(obj, f))
+    except RunError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # ---------------------------------------------------------------- fetch
