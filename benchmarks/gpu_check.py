@@ -25,6 +25,7 @@ does this so the script cannot rot between GPU leases); its figures mean nothing
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -120,8 +121,9 @@ def section_train(device: torch.device, quick: bool) -> dict[str, Any]:
                     row = {"method": method, "batch": bs, "variant": variant}
                     try:
                         student = create_model(student_arch, num_classes=classes)
-                        d = create_distiller(method, DistillConfig(nce_k=min(16384, n_data - 1)), student, teacher,
-                                             clip, n_data, device)
+                        # a fresh teacher copy: channels_last converts the teacher in place too
+                        d = create_distiller(method, DistillConfig(nce_k=min(16384, n_data - 1)), student,
+                                             copy.deepcopy(teacher), clip, n_data, device)
                         d.train()
                         if channels_last:
                             d = d.to(memory_format=torch.channels_last)
