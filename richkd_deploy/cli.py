@@ -46,23 +46,50 @@ def cli() -> None:
 
 @cli.group()
 def recipe() -> None:
-    """Inspect recipes."""
+    """Inspect recipes, list the packaged ones, copy one to edit."""
 
 
 @recipe.command("check")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", metavar="RECIPE")
 @_overrides_option
 def recipe_check(file: str, overrides: tuple[str, ...]) -> None:
-    """Validate FILE and print the resolved recipe."""
-    from richkd_deploy import recipe as recipe_mod
+    """Validate RECIPE (a file, or a packaged recipe's name) and print the resolved recipe."""
+    from richkd_deploy import recipes_catalog
 
-    r = recipe_mod.load(file, overrides)
+    r = recipes_catalog.load(file, overrides)
     click.echo(r.to_yaml(), nl=False)
-    click.echo(f"# ok: {file} (hash {r.hash()[:12]})", err=True)
+    click.echo(f"# ok: {r.source} (hash {r.hash()[:12]})", err=True)
+
+
+@recipe.command("list")
+def recipe_list() -> None:
+    """The recipes shipped in the package, usable by name (richkd-deploy train NAME)."""
+    from richkd_deploy import recipes_catalog, user_cache
+
+    shipped = recipes_catalog.packaged()
+    width = max((len(r.name) for r in shipped), default=0)
+    for r in shipped:
+        click.echo(f"{r.name:<{width}}  {r.description}")
+    click.echo(f"# in {recipes_catalog.PACKAGED_DIR}; relative paths in them resolve against "
+               f"{user_cache.data_dir()}", err=True)
+    click.echo("# use one by name (richkd-deploy train NAME) or copy it to edit (richkd-deploy recipe init NAME)",
+               err=True)
+
+
+@recipe.command("init")
+@click.argument("name")
+@click.argument("dest", required=False, type=click.Path())
+@click.option("--force", is_flag=True, help="overwrite DEST if it exists")
+def recipe_init(name: str, dest: str | None, force: bool) -> None:
+    """Copy packaged recipe NAME to DEST (default ./NAME.yaml) to edit."""
+    from richkd_deploy import recipes_catalog
+
+    path = recipes_catalog.init(name, dest, force=force)
+    click.echo(f"wrote {path}; edit it, then: richkd-deploy train {path}")
 
 
 @cli.command()
-@click.argument("recipe_file", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_file", metavar="RECIPE")
 @_overrides_option
 @click.option("--run-dir", type=click.Path(file_okay=False), help="run folder (default: runs/<recipe name>)")
 @click.option("--resume", is_flag=True, help="continue from the run folder's last checkpoint")
@@ -72,10 +99,11 @@ def recipe_check(file: str, overrides: tuple[str, ...]) -> None:
 @click.option("--quiet", is_flag=True, help="no progress bars or per-epoch lines")
 def train(recipe_file: str, overrides: tuple[str, ...], run_dir: str | None, resume: bool, force: bool, nproc: int,
           quiet: bool) -> None:
-    """Train the teacher (if needed) and distil the student described by RECIPE."""
-    from richkd_deploy import recipe as recipe_mod
+    """Train the teacher (if needed) and distil the student described by RECIPE (a file, or
+    a packaged recipe's name: richkd-deploy recipe list)."""
+    from richkd_deploy import recipes_catalog
 
-    r = recipe_mod.load(recipe_file, overrides)  # validate before launching anything
+    r = recipes_catalog.load(recipe_file, overrides)  # validate before launching anything
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "richkd_deploy", "train", recipe_file, *sum((["-o", o] for o in overrides), [])]

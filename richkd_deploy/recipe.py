@@ -487,8 +487,9 @@ def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | No
     return recipe
 
 
-def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Load a recipe file, apply `-o key=value` overrides, and validate everything."""
+def load(path: str | Path, overrides: typing.Sequence[str] = (), base_dir: str | Path | None = None) -> Recipe:
+    """Load a recipe file, apply `-o key=value` overrides, and validate everything.
+    Relative paths resolve against `base_dir`, by default the file's folder."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe {p}: file not found")
@@ -505,4 +506,5 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
         raise RecipeError(f"recipe {p}: a value cannot be read ({first})") from None
     except OSError as exc:
         raise RecipeError(f"recipe {p}: cannot read it ({exc.strerror})") from None
-    return from_dict(data, base_dir=p.resolve().parent, source=str(p.resolve()), overrides=overrides)
+    return from_dict(data, base_dir=p.resolve().parent if base_dir is None else base_dir, source=str(p.resolve()),
+                     overrides=overrides)

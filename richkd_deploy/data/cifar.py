@@ -17,8 +17,8 @@ import numpy as np
 from richkd_deploy.data.class_names import CIFAR10_CLASSES, CIFAR100_CLASSES
 from richkd_deploy.data.datasets import ImageArrayDataset
 from richkd_deploy.errors import DataError
+from richkd_deploy.user_cache import data_dir
 
-DEFAULT_ROOT = Path("~/.cache/richkd-deploy/data/cifar")
 DOWNLOAD_TIMEOUT_S = 10.0
 
 _SPECS = {
@@ -47,7 +47,7 @@ def _instructions(root: Path, folder: str, archive: str) -> str:
 def load_cifar(name: str, split: str, root: str | Path | None = None, download: bool = True) -> ImageArrayDataset:
     """CIFAR-10 or CIFAR-100 `split` ("train" 50000 / "test" 10000) as uint8 NHWC."""
     cls_name, folder, archive, classes = _SPECS[name]
-    root = Path(root if root is not None else DEFAULT_ROOT).expanduser().resolve()
+    root = Path(root if root is not None else data_dir() / "cifar").expanduser().resolve()
     if not download and not (root / folder).is_dir():  # say so without importing torchvision (slow)
         raise DataError(f"{name} is not in {root} and download is off; {_instructions(root, folder, archive)}")
     import torchvision.datasets as tvd
