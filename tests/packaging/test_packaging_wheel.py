@@ -38,9 +38,13 @@ _IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "runs", "build", "dist
                                  "__pycache__", ".pytest_cache", ".ruff_cache", "*.tmp")
 
 
+_PIP_OFFLINE = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")  # no network, no prompt
+
+
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) \
         -> subprocess.CompletedProcess:
-    out = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env or _PIP_OFFLINE, capture_output=True, text=True,
+                         timeout=timeout)
     assert out.returncode == 0, f"{cmd} exited {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
