@@ -10,6 +10,16 @@ Bad arguments (shape mismatch, NaN/inf logits, labels out of range, empty
 input, bad bin counts) are programming errors of the caller and raise
 ValueError.
 
+Predictions: a sample's prediction is the arg-max of its logits with ties going
+to the lowest class index, exactly as ``numpy.argmax`` and every deployment
+runtime compute it (``predictions``); top-k is a stable sort by descending logit,
+ties again to the lower index (``top_k_predictions``), so the top-1 of top-k is the
+prediction. Accuracy, per-class accuracy, calibration bins, the confidence
+analysis and the confidence histogram are all computed from these predictions, so
+one artifact's figures cannot contradict each other. (Counting a tie for the top
+score as a hit, as this module once did, credited a quantized model with 190
+right answers on the demo that no deployment would give.)
+
 Binning convention (ECE, MCE, reliability diagram): ``n_bins`` equal-width
 bins over the top-1 confidence, bin m = ((m-1)/M, m/M] as in Guo et al. 2017;
 every confidence is at least 1/K > 0, so the bins cover all samples. This
@@ -88,28 +98,63 @@ def softmax(logits: Any) -> np.ndarray:
     return np.exp(log_softmax(logits))
 
 
-def _top1(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence (max probability) and correctness of the arg-max prediction."""
-    pred = probs.argmax(axis=1)
-    return probs[np.arange(len(pred)), pred], (pred == labels)
+# -------------------------------------------------------------- predictions
+
+
+def predictions(logits: Any) -> np.ndarray:
+    """The predicted class of every row: arg-max of the logits, ties to the lowest index.
+
+    Taken on the logits themselves (not on rounded probabilities), so it is what
+    ``numpy.argmax`` and a deployment runtime return for the same numbers.
+    """
+    return _check_logits(logits).argmax(axis=1)
+
+
+def top_k_predictions(logits: Any, k: int) -> np.ndarray:
+    """[N, k] class indices by descending logit, ties to the lower index (a stable sort);
+    column 0 equals `predictions`. k larger than K is clipped to K."""
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    z = _check_logits(logits)
+    return np.argsort(-z, axis=1, kind="stable")[:, : min(int(k), z.shape[1])]
+
+
+def _top1(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence (softmax probability of the prediction) and correctness of the prediction."""
+    pred = z.argmax(axis=1)
+    return softmax(z)[np.arange(len(pred)), pred], (pred == labels)
 
 
 # ---------------------------------------------------------------- accuracy
 
 
 def top_k_accuracy(logits: Any, labels: Any, k: int = 1) -> float:
-    """Fraction of samples whose label is among the k largest logits.
+    """Fraction of samples whose label is among the k top predictions (`top_k_predictions`).
 
-    A sample is a hit when fewer than k classes have a strictly larger logit
-    than its label, so ties are resolved in the label's favour (deterministic,
-    unlike an arbitrary arg-sort order).
+    A tie is not a hit for free: with logits [1, 1, 0] the prediction is class 0,
+    so label 1 is wrong at top-1 (right at top-2), as on any deployment.
     """
     z, y = _check(logits, labels)
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    label_logit = z[np.arange(len(y)), y][:, None]
-    better = (z > label_logit).sum(axis=1)
-    return float(np.mean(better < int(k)))
+    top = top_k_predictions(z, k)
+    return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
+def per_class_accuracy(logits: Any, labels: Any) -> list[float | None]:
+    """Top-1 accuracy within each true class (index = class), None for a class with no sample."""
+    z, y = _check(logits, labels)
+    correct = z.argmax(axis=1) == y
+    n = np.bincount(y, minlength=z.shape[1])
+    hits = np.bincount(y, weights=correct.astype(np.float64), minlength=z.shape[1])
+    return [float(h / c) if c else None for h, c in zip(hits, n, strict=True)]
+
+
+def confidence_histogram(logits: Any, labels: Any, bins: int = 20) -> dict[str, list]:
+    """Counts of right and wrong predictions per equal-width confidence bin ([lo, hi), last closed)."""
+    z, y = _check(logits, labels)
+    conf, correct = _top1(z, y)
+    edges = np.linspace(0.0, 1.0, _check_bins(bins) + 1)
+    return {"edges": edges.tolist(), "correct": np.histogram(conf[correct], edges)[0].tolist(),
+            "wrong": np.histogram(conf[~correct], edges)[0].tolist()}
 
 
 def nll(logits: Any, labels: Any) -> float:
@@ -149,7 +194,7 @@ def _bin_stats(conf: np.ndarray, correct: np.ndarray, idx: np.ndarray, n_bins: i
 def _calibration(logits: Any, labels: Any, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z, y = _check(logits, labels)
     n_bins = _check_bins(n_bins)
-    conf, correct = _top1(softmax(z), y)
+    conf, correct = _top1(z, y)
     counts, mean_conf, acc = _bin_stats(conf, correct, _equal_width_bins(conf, n_bins), n_bins)
     return counts, mean_conf, acc
 
@@ -172,7 +217,7 @@ def adaptive_ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
     groups whose sizes differ by at most one (fewer groups when N < n_bins)."""
     z, y = _check(logits, labels)
     n_bins = _check_bins(n_bins)
-    conf, correct = _top1(softmax(z), y)
+    conf, correct = _top1(z, y)
     order = np.argsort(conf, kind="stable")
     total = 0.0
     for group in np.array_split(order, min(n_bins, len(order))):
@@ -220,7 +265,7 @@ def confidence_analysis(logits: Any, labels: Any, threshold: float = _DEFAULT_TH
     z, y = _check(logits, labels)
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-    conf, correct = _top1(softmax(z), y)
+    conf, correct = _top1(z, y)
     confident = conf >= float(threshold)
     n = len(y)
     cc = int(np.sum(confident & correct))
@@ -263,7 +308,7 @@ def agreement(logits_ref: Any, logits_model: Any) -> dict[str, float]:
     kl = np.sum(p * (log_p - log_q), axis=1)
     kl = np.maximum(kl, 0.0)  # rounding can make a zero KL slightly negative
     return {
-        "top1_agreement": float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))),
+        "top1_agreement": float(np.mean(predictions(a) == predictions(b))),
         "mean_kl": float(kl.mean()),
         "max_kl": float(kl.max()),
         "max_abs_prob_diff": float(np.max(np.abs(p - np.exp(log_q)))),

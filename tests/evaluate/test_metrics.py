@@ -40,8 +40,53 @@ def test_top_k_accuracy_by_hand():
     assert metrics.top_k_accuracy(z, y, 3) == 1.0
 
 
-def test_top_k_ties_count_for_the_label():
-    assert metrics.top_k_accuracy(np.zeros((2, 4)), np.array([0, 3]), 1) == 1.0
+def test_top_k_ties_go_to_the_lowest_index_like_numpy_argmax():
+    # a tie for the top score is the lowest index's win, as on every deployment runtime
+    assert metrics.top_k_accuracy(np.zeros((2, 4)), np.array([0, 3]), 1) == 0.5
+    z = np.array([[1.0, 1.0, 0.0]])
+    assert metrics.top_k_accuracy(z, np.array([1]), 1) == 0.0
+    assert metrics.top_k_accuracy(z, np.array([0]), 1) == 1.0
+    assert metrics.top_k_accuracy(z, np.array([1]), 2) == 1.0
+    assert metrics.top_k_accuracy(z, np.array([2]), 2) == 0.0
+    # [0, 2, 2, 2]: top-2 is classes 1 and 2, class 3 ties but is left out
+    w = np.array([[0.0, 2.0, 2.0, 2.0]] * 3)
+    assert metrics.top_k_accuracy(w, np.array([1, 2, 3]), 2) == pytest.approx(2 / 3)
+    assert metrics.top_k_predictions(w, 2).tolist() == [[1, 2]] * 3
+
+
+def test_top1_equals_numpy_argmax_on_quantized_logits():
+    rng = np.random.default_rng(0)
+    z = np.round(rng.normal(size=(2000, 10)) * 2) / 2  # coarse steps, like INT8 output logits: many ties
+    y = rng.integers(0, 10, size=2000)
+    assert (np.sort(z, axis=1)[:, -1] == np.sort(z, axis=1)[:, -2]).sum() > 50
+    want = float(np.mean(z.argmax(axis=1) == y))
+    assert metrics.top_k_accuracy(z, y, 1) == want
+    assert metrics.summary(z, y)["top1"] == want
+    assert (metrics.predictions(z) == z.argmax(axis=1)).all()
+    assert (metrics.top_k_predictions(z, 5)[:, 0] == z.argmax(axis=1)).all()
+
+
+def test_every_figure_of_tied_logits_comes_from_the_same_predictions():
+    # [[1, 1, 0]] with label 1 is wrong: accuracy, bins, histogram, per-class and confidence agree
+    z = np.array([[1.0, 1.0, 0.0], [0.0, 3.0, 3.0], [5.0, 0.0, 0.0]])
+    y = np.array([1, 2, 0])
+    top1 = metrics.top_k_accuracy(z, y, 1)
+    assert top1 == pytest.approx(1 / 3)
+    rel = metrics.reliability_diagram(z, y, n_bins=10)
+    hits = sum(c * a for c, a in zip(rel["count"], rel["accuracy"], strict=True) if a is not None)
+    assert hits == pytest.approx(1.0)
+    hist = metrics.confidence_histogram(z, y, bins=10)
+    assert sum(hist["correct"]) == 1 and sum(hist["wrong"]) == 2
+    assert metrics.per_class_accuracy(z, y) == [1.0, 0.0, 0.0]
+    conf = metrics.confidence_analysis(z, y, threshold=0.4)
+    assert conf["confident_correct"] == 1 and conf["confident_wrong"] == 2
+    assert metrics.agreement(z, np.array([[0.0, 1.0, 0.0], [0.0, 3.0, 3.0], [5.0, 0.0, 0.0]]))["top1_agreement"] \
+        == pytest.approx(2 / 3)
+
+
+def test_per_class_accuracy_leaves_absent_classes_empty():
+    z = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [2.0, 0.0, 0.0]])
+    assert metrics.per_class_accuracy(z, np.array([0, 1, 1])) == [1.0, 0.5, None]
 
 
 def test_nll_and_brier_by_hand():
