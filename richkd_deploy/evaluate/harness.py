@@ -203,10 +203,13 @@ def validate_run(run_dir: Path, artifacts: Sequence[str] = (), calibrate: bool =
             row.doc["agreement"] = {
                 role: (metrics.agreement(ref[role].logits, row.logits) if role in ref else None)
                 for role in ("student", "teacher")}
+            row.doc["top1_drop"] = (metrics.top1_drop_interval(ref["student"].logits, row.logits, labels)
+                                    if "student" in ref else None)
 
         corr_info = _corruption_suite(rows, ds.test, recipe, mean, std, bs, quiet, log)
         docs = [r.doc for r in rows]
-        gate_results = gates_mod.evaluate_gates(docs, v.gates)
+        gate_results = [gates_mod.clip_gate(bool(payload.get("clip_random")), v.allow_random_clip),
+                        *gates_mod.evaluate_gates(docs, v.gates)]
         code = gates_mod.exit_code(gate_results)
         results = {
             "schema": SCHEMA, "run": str(run.root), "recipe_hash": payload.get("recipe_hash"),

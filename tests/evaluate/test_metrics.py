@@ -270,3 +270,39 @@ def test_ece_and_mce_match_torchmetrics(seed, k, scale):
         metric = tm.MulticlassCalibrationError(num_classes=k, n_bins=15, norm=norm)
         want = float(metric(torch.from_numpy(z), torch.from_numpy(y)))
         assert ours(z, y, n_bins=15) == pytest.approx(want, abs=1e-6)
+
+
+def test_binomial_interval_is_exact_clopper_pearson():
+    # k = n: the lower bound solves p^n = alpha / 2
+    r = metrics.binomial_interval(300, 300)
+    assert r["high"] == 1.0 and r["low"] == pytest.approx(0.025 ** (1 / 300), rel=1e-9)
+    r = metrics.binomial_interval(0, 50)
+    assert r["low"] == 0.0 and r["high"] == pytest.approx(1 - 0.025 ** (1 / 50), rel=1e-9)
+    # textbook value: 7 of 20, 95 % -> [0.1539, 0.5922]
+    r = metrics.binomial_interval(7, 20)
+    assert (round(r["low"], 4), round(r["high"], 4)) == (0.1539, 0.5922)
+    assert "Clopper-Pearson" in r["method"]
+    z = np.array([[1.0, 0.0]] * 9 + [[0.0, 1.0]])
+    a = metrics.agreement(z, np.array([[1.0, 0.0]] * 10))
+    assert a["top1_agreement"] == 0.9 and a["top1_agreement_interval"]["low"] < 0.9 < a["top1_agreement_interval"]["high"]
+
+
+def test_top1_drop_interval_matches_a_plain_paired_bootstrap():
+    rng = np.random.default_rng(1)
+    n = 2000
+    y = rng.integers(0, 5, n)
+    ref = rng.normal(size=(n, 5))
+    ref[np.arange(n), y] += 1.5
+    cand = ref.copy()
+    flip = rng.random(n) < 0.03
+    cand[flip] = rng.normal(size=(int(flip.sum()), 5))
+    r = metrics.top1_drop_interval(ref, cand, y)
+    assert r == metrics.top1_drop_interval(ref, cand, y)  # fixed seed: reproducible
+    d = (ref.argmax(1) == y).astype(int) - (cand.argmax(1) == y).astype(int)
+    assert r["value"] == pytest.approx(d.mean())
+    idx = np.random.default_rng(7).integers(0, n, size=(2000, n))
+    lo, hi = np.quantile(d[idx].mean(axis=1), [0.025, 0.975])
+    assert r["low"] == pytest.approx(lo, abs=0.002) and r["high"] == pytest.approx(hi, abs=0.002)
+    assert r["low"] < r["value"] < r["high"] and "paired bootstrap" in r["method"]
+    same = metrics.top1_drop_interval(ref, ref, y)
+    assert same["low"] == same["high"] == same["value"] == 0.0
