@@ -21,8 +21,13 @@ feeds onnxruntime on the CPU and `trtexec`/our builder on the GPU:
   it (onnxruntime's `OpTypesToExcludeOutputQuantization`). A quantized logit has a
   coarse step (0.0835 on the demo model), so distinct top scores collapse into
   ties that every runtime breaks towards the lowest class index: 190 of 10,000
-  demo test images had a tied top score. `float_output_check` refuses a graph
-  whose output is still a DequantizeLinear.
+  demo test images had a tied top score. The option works per op type, so every
+  op of the classifier's type keeps a float output; in our CNNs the classifier is
+  the only Gemm, and a quantized consumer re-quantizes its input anyway.
+  `float_output_check` refuses a graph whose output is still a DequantizeLinear.
+  Measured on a resnet8 trained on 6,000 Fashion-MNIST images (10,000 test images):
+  tied top scores 205 -> 0, top-1 agreement with FP32 0.9663 -> 0.9644, top-1 0.7648
+  -> 0.7650 (the old tie-counting metric had reported 0.7728 for the quantized logits).
 
 After quantization every Q->DQ pair that feeds several consumers is duplicated so
 each consumer has a private pair. This changes no value; it lets onnxruntime's x86
