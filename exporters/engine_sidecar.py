@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from exporters.metadata import read_metadata
 from exporters.trt_plan import ShapeProfile, parse_version
 from richkd_deploy.errors import ArtifactError
 from richkd_deploy.manifest import now_iso
@@ -58,9 +59,19 @@ def make_sidecar(engine_path: str | Path, source_onnx: str | Path, precision: st
         "sha256": sha256_file(Path(engine_path)),
         "source_onnx": Path(source_onnx).name,
         "source_onnx_sha256": sha256_file(Path(source_onnx)),
+        "preprocess": _contract_of(Path(source_onnx)),  # the preprocessing contract travels with the engine
         "build_plan": plan,
         "created_at": now_iso(),
     }
+
+
+def _contract_of(source_onnx: Path) -> dict[str, Any] | None:
+    """The source ONNX's preprocessing contract, or None when it has none (an old export)."""
+    try:
+        contract = read_metadata(source_onnx).get("preprocess")
+    except Exception:  # noqa: BLE001 - not a readable ONNX: the sidecar still describes the engine
+        return None
+    return contract if isinstance(contract, dict) else None
 
 
 def write_sidecar(engine_path: str | Path, sidecar: dict[str, Any]) -> Path:

@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from exporters.contract import build_contract
+
 FORMAT = "richkd-deploy/onnx/1"
 
 # keys whose values are JSON (everything else is a plain string)
 _JSON_KEYS = {"classes", "mean", "std", "input_size", "channels", "num_classes", "temperature", "clip_random",
-              "input_shape", "opset", "quantization", "clip"}
+              "input_shape", "opset", "quantization", "clip", "preprocess"}
 
 
 def build_metadata(student: Mapping[str, Any], opset: int, input_name: str, output_name: str) -> dict[str, str]:
@@ -44,6 +46,8 @@ def build_metadata(student: Mapping[str, Any], opset: int, input_name: str, outp
         "input_name": input_name,
         "output_name": output_name,
         "precision": "fp32",
+        # everything a deployment needs to feed the model (exporters.contract)
+        "preprocess": build_contract(student),
     }
     if student.get("temperature") is not None:
         meta["temperature"] = float(student["temperature"])

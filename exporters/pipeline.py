@@ -31,6 +31,7 @@ from torch import nn
 from exporters import formats as F
 from exporters.deps import TRT_MISSING, available
 from exporters.fp16 import convert_fp16
+from exporters.golden import export_golden
 from exporters.int8 import QUANT_SETTINGS, quantize_int8
 from exporters.metadata import build_metadata
 from exporters.onnx_fp32 import INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -286,6 +287,9 @@ def _export_onnx_stage(student: LoadedStudent, data: ExportData, export_dir: Pat
         entries.append(artifact_entry(staging, fmt.file, fmt.kind, precision,
                                       source=F.get_format(fmt.source).file if fmt.source else None,
                                       parity=parity, accuracy=accuracy, extra=extra))
+
+    if golden := export_golden(staging, data.test, student.payload, paths, student.view, log):
+        entries.append(artifact_entry(staging, golden, "golden", "fp32", source=fp32.file))
 
     def make(entries_: list[dict[str, Any]]) -> Manifest:
         return build_manifest(

@@ -164,6 +164,25 @@ def bench(run: str | None, threads: int | None, iters: int) -> None:
     bench_run(_resolve_run(run), threads=threads, iters=iters, log=click.echo)
 
 
+@cli.command()
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "torch", "tensorrt"]), default="auto",
+              show_default=True, help="runtime to run ARTIFACT on (auto: by its suffix)")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="onnxruntime execution provider")
+@click.option("--golden", type=click.Path(dir_okay=False), help="golden file (default: golden.npz of the export)")
+@click.option("--atol", type=float, help="largest |logit diff| allowed (default: by precision)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def verify(artifact: str, runtime: str, provider: str, golden: str | None, atol: float | None, as_json: bool) -> None:
+    """Rerun export/golden.npz through ARTIFACT using only its recorded preprocessing
+    contract; exit 0 if the logits match, 1 if not."""
+    from richkd_deploy.verify import verify_artifact
+
+    result = verify_artifact(artifact, runtime=runtime, provider=provider, golden=golden, atol=atol)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.line())
+    raise SystemExit(0 if result.ok else 1)
+
+
 @cli.command("models")
 @click.argument("pattern", required=False)
 def list_models_cmd(pattern: str | None) -> None:

@@ -38,3 +38,7 @@ echo "  training metrics   : $RUN/metrics.csv"
 echo "  exported artifacts : $RUN/export/ (manifest.json lists them)"
 echo "  validation report  : $RUN/eval/report.html, $RUN/eval/results.json"
 if [ "$status" = 0 ]; then echo "validate: every gate holds"; else echo "validate: exit $status (see the gate table in the report)"; fi
+if [ "${#extra[@]}" -gt 0 ] && [[ " ${extra[*]} " == *" clip.allow_random=true "* ]]; then
+  echo "validate refused to ship this model on purpose: it was distilled from RANDOM CLIP weights"
+  echo "(gate clip_pretrained). Retrain with real CLIP weights (-o clip.pretrained=/path/to/file) to ship it."
+fi

@@ -53,14 +53,7 @@ def predict_all(backend: Any, images: np.ndarray, batch_size: int) -> np.ndarray
 
 
 def confidence_histogram(logits: np.ndarray, labels: np.ndarray, bins: int = HIST_BINS) -> dict[str, list]:
-    z = logits.astype(np.float64)
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    conf, pred = p.max(1), p.argmax(1)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    correct = np.histogram(conf[pred == labels], edges)[0]
-    wrong = np.histogram(conf[pred != labels], edges)[0]
-    return {"edges": edges.tolist(), "correct": correct.tolist(), "wrong": wrong.tolist()}
+    return metrics.confidence_histogram(logits, labels, bins)
 
 
 def clean_metrics(logits: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -76,6 +69,7 @@ def clean_metrics(logits: np.ndarray, labels: np.ndarray, threshold: float) -> d
         "reliability": metrics.reliability_diagram(logits, labels, n_bins=15),
         "confidence": metrics.confidence_analysis(logits, labels, threshold),
         "confidence_hist": confidence_histogram(logits, labels),
+        "per_class_top1": metrics.per_class_accuracy(logits, labels),
     }
 
 
@@ -209,10 +203,13 @@ def validate_run(run_dir: Path, artifacts: Sequence[str] = (), calibrate: bool =
             row.doc["agreement"] = {
                 role: (metrics.agreement(ref[role].logits, row.logits) if role in ref else None)
                 for role in ("student", "teacher")}
+            row.doc["top1_drop"] = (metrics.top1_drop_interval(ref["student"].logits, row.logits, labels)
+                                    if "student" in ref else None)
 
         corr_info = _corruption_suite(rows, ds.test, recipe, mean, std, bs, quiet, log)
         docs = [r.doc for r in rows]
-        gate_results = gates_mod.evaluate_gates(docs, v.gates)
+        gate_results = [gates_mod.clip_gate(bool(payload.get("clip_random")), v.allow_random_clip),
+                        *gates_mod.evaluate_gates(docs, v.gates)]
         code = gates_mod.exit_code(gate_results)
         results = {
             "schema": SCHEMA, "run": str(run.root), "recipe_hash": payload.get("recipe_hash"),
@@ -261,7 +258,7 @@ def _corruption_suite(rows: list[_Row], test_ds: Any, recipe: Recipe, mean: Sequ
         x = _normalise(images, mean, std)
         for row in live:
             t0 = time.perf_counter()
-            pred = predict_all(row.backend, x, batch_size).argmax(1)
+            pred = metrics.predictions(predict_all(row.backend, x, batch_size))
             row.corr_correct.setdefault(name, {})[str(severity)] = float((pred == cell_labels).mean())
             row.doc["seconds"] += time.perf_counter() - t0
     bar.close()

@@ -10,6 +10,16 @@ Bad arguments (shape mismatch, NaN/inf logits, labels out of range, empty
 input, bad bin counts) are programming errors of the caller and raise
 ValueError.
 
+Predictions: a sample's prediction is the arg-max of its logits with ties going
+to the lowest class index, exactly as ``numpy.argmax`` and every deployment
+runtime compute it (``predictions``); top-k is a stable sort by descending logit,
+ties again to the lower index (``top_k_predictions``), so the top-1 of top-k is the
+prediction. Accuracy, per-class accuracy, calibration bins, the confidence
+analysis and the confidence histogram are all computed from these predictions, so
+one artifact's figures cannot contradict each other. (Counting a tie for the top
+score as a hit, as this module once did, credited a quantized model with 190
+right answers on the demo that no deployment would give.)
+
 Binning convention (ECE, MCE, reliability diagram): ``n_bins`` equal-width
 bins over the top-1 confidence, bin m = ((m-1)/M, m/M] as in Guo et al. 2017;
 every confidence is at least 1/K > 0, so the bins cover all samples. This
@@ -88,28 +98,63 @@ def softmax(logits: Any) -> np.ndarray:
     return np.exp(log_softmax(logits))
 
 
-def _top1(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence (max probability) and correctness of the arg-max prediction."""
-    pred = probs.argmax(axis=1)
-    return probs[np.arange(len(pred)), pred], (pred == labels)
+# -------------------------------------------------------------- predictions
+
+
+def predictions(logits: Any) -> np.ndarray:
+    """The predicted class of every row: arg-max of the logits, ties to the lowest index.
+
+    Taken on the logits themselves (not on rounded probabilities), so it is what
+    ``numpy.argmax`` and a deployment runtime return for the same numbers.
+    """
+    return _check_logits(logits).argmax(axis=1)
+
+
+def top_k_predictions(logits: Any, k: int) -> np.ndarray:
+    """[N, k] class indices by descending logit, ties to the lower index (a stable sort);
+    column 0 equals `predictions`. k larger than K is clipped to K."""
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    z = _check_logits(logits)
+    return np.argsort(-z, axis=1, kind="stable")[:, : min(int(k), z.shape[1])]
+
+
+def _top1(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence (softmax probability of the prediction) and correctness of the prediction."""
+    pred = z.argmax(axis=1)
+    return softmax(z)[np.arange(len(pred)), pred], (pred == labels)
 
 
 # ---------------------------------------------------------------- accuracy
 
 
 def top_k_accuracy(logits: Any, labels: Any, k: int = 1) -> float:
-    """Fraction of samples whose label is among the k largest logits.
+    """Fraction of samples whose label is among the k top predictions (`top_k_predictions`).
 
-    A sample is a hit when fewer than k classes have a strictly larger logit
-    than its label, so ties are resolved in the label's favour (deterministic,
-    unlike an arbitrary arg-sort order).
+    A tie is not a hit for free: with logits [1, 1, 0] the prediction is class 0,
+    so label 1 is wrong at top-1 (right at top-2), as on any deployment.
     """
     z, y = _check(logits, labels)
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    label_logit = z[np.arange(len(y)), y][:, None]
-    better = (z > label_logit).sum(axis=1)
-    return float(np.mean(better < int(k)))
+    top = top_k_predictions(z, k)
+    return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
+def per_class_accuracy(logits: Any, labels: Any) -> list[float | None]:
+    """Top-1 accuracy within each true class (index = class), None for a class with no sample."""
+    z, y = _check(logits, labels)
+    correct = z.argmax(axis=1) == y
+    n = np.bincount(y, minlength=z.shape[1])
+    hits = np.bincount(y, weights=correct.astype(np.float64), minlength=z.shape[1])
+    return [float(h / c) if c else None for h, c in zip(hits, n, strict=True)]
+
+
+def confidence_histogram(logits: Any, labels: Any, bins: int = 20) -> dict[str, list]:
+    """Counts of right and wrong predictions per equal-width confidence bin ([lo, hi), last closed)."""
+    z, y = _check(logits, labels)
+    conf, correct = _top1(z, y)
+    edges = np.linspace(0.0, 1.0, _check_bins(bins) + 1)
+    return {"edges": edges.tolist(), "correct": np.histogram(conf[correct], edges)[0].tolist(),
+            "wrong": np.histogram(conf[~correct], edges)[0].tolist()}
 
 
 def nll(logits: Any, labels: Any) -> float:
@@ -149,7 +194,7 @@ def _bin_stats(conf: np.ndarray, correct: np.ndarray, idx: np.ndarray, n_bins: i
 def _calibration(logits: Any, labels: Any, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z, y = _check(logits, labels)
     n_bins = _check_bins(n_bins)
-    conf, correct = _top1(softmax(z), y)
+    conf, correct = _top1(z, y)
     counts, mean_conf, acc = _bin_stats(conf, correct, _equal_width_bins(conf, n_bins), n_bins)
     return counts, mean_conf, acc
 
@@ -172,7 +217,7 @@ def adaptive_ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
     groups whose sizes differ by at most one (fewer groups when N < n_bins)."""
     z, y = _check(logits, labels)
     n_bins = _check_bins(n_bins)
-    conf, correct = _top1(softmax(z), y)
+    conf, correct = _top1(z, y)
     order = np.argsort(conf, kind="stable")
     total = 0.0
     for group in np.array_split(order, min(n_bins, len(order))):
@@ -220,7 +265,7 @@ def confidence_analysis(logits: Any, labels: Any, threshold: float = _DEFAULT_TH
     z, y = _check(logits, labels)
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-    conf, correct = _top1(softmax(z), y)
+    conf, correct = _top1(z, y)
     confident = conf >= float(threshold)
     n = len(y)
     cc = int(np.sum(confident & correct))
@@ -249,7 +294,8 @@ def agreement(logits_ref: Any, logits_model: Any) -> dict[str, float]:
 
     `logits_ref` is the reference (e.g. the PyTorch model), `logits_model`
     the candidate (e.g. ONNX/TensorRT). Returns ``top1_agreement`` (fraction
-    of samples with the same arg-max), ``mean_kl`` and ``max_kl`` over samples
+    of samples with the same prediction) with its exact 95% interval
+    ``top1_agreement_interval`` (`binomial_interval`), ``mean_kl`` and ``max_kl`` over samples
     of KL(p_ref || p_model) in nats (the information lost when the candidate's
     distribution stands in for the reference's; 0 for identical logits) and
     ``max_abs_prob_diff``, the largest absolute difference of any probability.
@@ -262,12 +308,65 @@ def agreement(logits_ref: Any, logits_model: Any) -> dict[str, float]:
     p = np.exp(log_p)
     kl = np.sum(p * (log_p - log_q), axis=1)
     kl = np.maximum(kl, 0.0)  # rounding can make a zero KL slightly negative
+    same = predictions(a) == predictions(b)
     return {
-        "top1_agreement": float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))),
+        "top1_agreement": float(np.mean(same)),
+        "top1_agreement_interval": binomial_interval(int(same.sum()), len(same)),
         "mean_kl": float(kl.mean()),
         "max_kl": float(kl.max()),
         "max_abs_prob_diff": float(np.max(np.abs(p - np.exp(log_q)))),
     }
+
+
+# ------------------------------------------------------------- uncertainty
+
+INTERVAL_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def binomial_interval(k: int, n: int, level: float = INTERVAL_LEVEL) -> dict[str, Any]:
+    """Exact (Clopper-Pearson) interval for a proportion k/n, e.g. the top-1 agreement.
+
+    Agreement is a count of matching predictions over independent test images, a
+    binomial proportion; the exact interval never undercovers, even at 100 %
+    agreement where the normal approximation collapses to a point.
+    """
+    from scipy.stats import beta
+
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    a = 1.0 - float(level)
+    low = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    return {"low": low, "high": high, "level": float(level), "method": "exact binomial (Clopper-Pearson)"}
+
+
+def top1_drop_interval(ref_logits: Any, logits: Any, labels: Any, level: float = INTERVAL_LEVEL,
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """Top-1 drop of `logits` against `ref_logits` (reference minus candidate) on the
+    same images, with a paired-bootstrap percentile interval.
+
+    Paired: each resample draws images, not two independent sets, so the strong
+    correlation between a model and its exported copy is kept (the interval of a
+    drop between two 90 % models that agree on 99 % of images is a fraction of the
+    unpaired one). The per-image difference takes only the values -1, 0, +1, so a
+    resample of n images is a multinomial draw of their counts: exactly the
+    bootstrap distribution, at the cost of `resamples` draws, with a fixed seed.
+    """
+    z_ref, y = _check(ref_logits, labels)
+    z, _ = _check(logits, labels)
+    if z.shape != z_ref.shape:
+        raise ValueError(f"ref_logits {z_ref.shape} and logits {z.shape} must have the same shape")
+    d = (z_ref.argmax(axis=1) == y).astype(np.int64) - (z.argmax(axis=1) == y).astype(np.int64)
+    n = len(d)
+    p = np.array([np.sum(d == -1), np.sum(d == 0), np.sum(d == 1)], dtype=np.float64) / n
+    counts = np.random.default_rng(seed).multinomial(n, p, size=int(resamples))
+    boot = (counts[:, 2] - counts[:, 0]) / n
+    a = 1.0 - float(level)
+    low, high = np.quantile(boot, [a / 2, 1 - a / 2])
+    return {"value": float(d.mean()), "low": float(low), "high": float(high), "level": float(level),
+            "method": f"paired bootstrap, {int(resamples)} resamples, seed {seed}, percentile"}
 
 
 # ------------------------------------------------------ temperature scaling

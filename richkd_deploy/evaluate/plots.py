@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.textpath import TextPath
 
 _DPI = 100
 _GREEN = "#2e7d32"
@@ -47,6 +48,11 @@ def _png(fig: Figure) -> bytes:
     # No "Software"/date metadata: identical inputs give identical bytes.
     fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
     return buf.getvalue()
+
+
+def _text_inches(text: str, fontsize: float) -> float:
+    """Width of `text` in inches in matplotlib's default font, without drawing a figure."""
+    return TextPath((0, 0), text, size=fontsize).get_extents().width / 72.0
 
 
 def reliability_png(reliability: Mapping[str, Any] | None, title: str, ece: float | None = None) -> bytes | None:
@@ -160,11 +166,13 @@ def corruption_heatmap_png(accuracy: Mapping[str, Any] | None, title: str) -> by
             float(v) if isinstance(v := sev.get(s), int | float) and not isinstance(v, bool) else math.nan
             for s in severities
         ])
-    # Size the figure around a fixed-size grid; margins in inches fit the labels.
-    left_in = 0.3 + 0.065 * max(len(c) for c in names)
+    # Size the figure around a fixed-size grid; margins in inches fit the labels, measured
+    # as laid out in the font (a title wider than the grid once ran off the right edge).
+    left_in = 0.25 + max(_text_inches(c, 8) for c in names)
     grid_w, grid_h = 0.6 * len(severities), 0.28 * len(names)
     right_in, top_in, bottom_in = 0.25, 0.4, 0.55
-    width, height = left_in + grid_w + right_in, bottom_in + grid_h + top_in
+    width = max(left_in + grid_w + right_in, left_in + _text_inches(title, 10) + 0.15)
+    height = bottom_in + grid_h + top_in
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((left_in / width, bottom_in / height, grid_w / width, grid_h / height))
     # Every cell is annotated with its value, so no colorbar (an extra axis to lay out).
@@ -172,7 +180,7 @@ def corruption_heatmap_png(accuracy: Mapping[str, Any] | None, title: str) -> by
     ax.set_xticks(range(len(severities)), severities)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("severity")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, loc="left")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             text = "n/a" if math.isnan(v) else f"{100 * v:.1f}"

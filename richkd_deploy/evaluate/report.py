@@ -242,6 +242,16 @@ def _verdict_text(gate_results: Sequence[Mapping[str, Any]]) -> tuple[str, str, 
     return v, head, detail
 
 
+def _noise_note(gate_results: Sequence[Mapping[str, Any]]) -> str | None:
+    """A sentence naming the gates that pass only inside the test set's noise, or None."""
+    noisy = [r for r in gate_results if r.get("noise") and r.get("status") == "pass"]
+    if not noisy:
+        return None
+    names = ", ".join(f"{r.get('gate')} ({r.get('artifact')})" for r in noisy)
+    return (f"{len(noisy)} gate(s) pass only inside the noise: their 95% interval contains the bound, so a larger "
+            f"test set could fail them: {names}.")
+
+
 def _gate_results(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     g = results.get("gates")
     return [r for r in g if isinstance(r, Mapping)] if isinstance(g, list) else []
@@ -281,7 +291,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         out += [f"> Note: {n}", ""]
 
     cls, head, detail = _verdict_text(gate_results)
-    out += [f"## Verdict: **{head}**", "", detail, "", "## Gates", ""]
+    out += [f"## Verdict: **{head}**", "", detail, ""]
+    if (noise := _noise_note(gate_results)) is not None:
+        out += [f"> Note: {noise}", ""]
+    out += ["## Gates", ""]
     if gate_results:
         out += ["| Status | Artifact | Gate | Value | Bound | Message |", "|---|---|---|---:|---:|---|"]
         for r in gate_results:
@@ -437,6 +450,8 @@ def render_html(results: Mapping[str, Any]) -> str:
 
     cls, head, detail = _verdict_text(gate_results)
     p.append(f'<div class="verdict {cls}" id="verdict">{_h(head)}<small>{_h(detail)}</small></div>')
+    if (noise := _noise_note(gate_results)) is not None:
+        p.append(f'<div class="note" id="noise">Note: {_h(noise)}</div>')
 
     p.append("<h2>Gates</h2>")
     if gate_results:

@@ -23,6 +23,7 @@ ALL_GATES = GatesConfig(
     max_ece_increase=0.02,
     min_corruption_accuracy=0.40,
     max_corruption_drop=0.03,
+    max_class_top1_drop=0.05,
 )
 ONLY = {g.name: GatesConfig(**{h.name: (getattr(ALL_GATES, h.name) if h.name == g.name else None) for h in GATES})
         for g in GATES}
@@ -42,7 +43,8 @@ def _row(name: str, role: str = "artifact", *, top1: Any = 0.95, ece: Any = 0.03
     return {
         "name": name, "role": role, "file": name, "backend": "onnxruntime-cpu", "precision": "fp32",
         "status": status, "reason": reason,
-        "clean": {"top1": top1, "top5": 0.99, "nll": 0.2, "brier": 0.08, "ece": ece, "mce": 0.1, "adaptive_ece": ece},
+        "clean": {"top1": top1, "top5": 0.99, "nll": 0.2, "brier": 0.08, "ece": ece, "mce": 0.1, "adaptive_ece": ece,
+                  "per_class_top1": [0.9, 0.95, 1.0]},
         "agreement": {"student": None if role == "student" else {"top1_agreement": agree, "mean_kl": 0.001},
                       "teacher": {"top1_agreement": 0.9, "mean_kl": 0.3}},
         "calibration": {"temperature": 1.2, "ece_before": ece, "ece_after": 0.01, "nll_before": 0.2, "nll_after": 0.18},
@@ -74,7 +76,7 @@ def test_good_artifact_passes_every_gate_and_result_shape() -> None:
     assert [r["gate"] for r in results] == [g.name for g in GATES]
     assert {r["status"] for r in results} == {"pass"}
     for r in results:
-        assert set(r) == {"gate", "artifact", "value", "bound", "status", "message"}
+        assert set(r) == {"gate", "artifact", "value", "bound", "status", "message", "interval", "noise"}
         assert r["artifact"] == "model.onnx"
         assert isinstance(r["value"], float) and isinstance(r["bound"], float)
     json.dumps(results, allow_nan=False)  # strict JSON for results.json
@@ -123,7 +125,8 @@ def test_artifact_better_than_student_passes_relative_gates() -> None:
 def test_disabled_gates_are_not_reported() -> None:
     res = evaluate_gates([_student(), _row("model.onnx"), _row("model.int8.onnx")],
                          GatesConfig(max_top1_drop=0.01, min_agreement=None, max_ece=None, max_ece_increase=None,
-                                     min_corruption_accuracy=None, max_corruption_drop=None))
+                                     min_corruption_accuracy=None, max_corruption_drop=None,
+                                     max_class_top1_drop=None))
     assert [(r["artifact"], r["gate"]) for r in res] == [("model.onnx", "max_top1_drop"), ("model.int8.onnx", "max_top1_drop")]
 
 
@@ -139,10 +142,12 @@ def test_only_artifact_rows_are_gated() -> None:
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 1.5, -0.1, True, "0.99"])
 def test_invalid_artifact_value_fails(gate: str, bad: Any) -> None:
     key = {"max_top1_drop": "top1", "min_agreement": "agree", "max_ece": "ece", "max_ece_increase": "ece",
-           "min_corruption_accuracy": "corr", "max_corruption_drop": "corr"}[gate]
-    art = _row("model.onnx", **{key: bad})
+           "min_corruption_accuracy": "corr", "max_corruption_drop": "corr", "max_class_top1_drop": "classes"}[gate]
+    art = _row("model.onnx", **({} if key == "classes" else {key: bad}))
     if key == "corr":
         art["corruptions"]["mean_accuracy"] = bad
+    if key == "classes":
+        art["clean"]["per_class_top1"] = [bad, 0.95, 1.0]
     r = _one(gate, art)
     assert r["status"] == "fail", r
     assert r["value"] is None  # never NaN in results.json
@@ -160,7 +165,7 @@ def test_nan_in_student_reference_fails(gate: str) -> None:
 
 def test_nan_bound_fails() -> None:
     nan_bound = GatesConfig(max_top1_drop=None, min_agreement=None, max_ece=math.nan, max_ece_increase=None,
-                            min_corruption_accuracy=None, max_corruption_drop=None)
+                            min_corruption_accuracy=None, max_corruption_drop=None, max_class_top1_drop=None)
     [r] = evaluate_gates([_student(), _row("model.onnx")], nan_bound)
     assert r["status"] == "fail"
 
@@ -276,3 +281,65 @@ def test_inputs_are_not_mutated() -> None:
     before = copy.deepcopy(rows)
     evaluate_gates(rows, ALL_GATES)
     assert rows == before
+
+
+# --------------------------------------------------------------------------- issue 13: worst class, noise, CLIP
+
+
+def test_worst_class_drop_fails_where_the_mean_hides_it() -> None:
+    stu, art = _student(top1=0.90), _row("model.onnx", top1=0.90)
+    stu["clean"]["per_class_top1"] = [0.90, 0.90, 0.90]
+    art["clean"]["per_class_top1"] = [0.95, 0.95, 0.80]  # same mean, one class lost 10 points
+    res = evaluate_gates([stu, art], ALL_GATES)
+    assert _by(res, "max_top1_drop")["status"] == "pass"
+    r = _by(res, "max_class_top1_drop")
+    assert r["status"] == "fail" and r["value"] == pytest.approx(0.10)
+    absent = _row("model.onnx")
+    absent["clean"]["per_class_top1"] = [None, 0.95, 1.0]  # a class without test images is skipped
+    assert _one("max_class_top1_drop", absent)["status"] == "pass"
+    del absent["clean"]["per_class_top1"]
+    assert _one("max_class_top1_drop", absent)["status"] == "pending"
+
+
+def test_a_gate_that_passes_inside_the_noise_says_so() -> None:
+    art = _row("model.onnx", top1=0.945, agree=0.975)
+    art["top1_drop"] = {"value": 0.005, "low": -0.002, "high": 0.012, "level": 0.95, "method": "paired bootstrap"}
+    art["agreement"]["student"]["top1_agreement_interval"] = {"low": 0.99, "high": 0.999, "level": 0.95,
+                                                              "method": "exact binomial (Clopper-Pearson)"}
+    res = evaluate_gates([_student(top1=0.95), art], ALL_GATES)
+    drop = _by(res, "max_top1_drop")
+    assert drop["status"] == "pass" and drop["noise"] is True
+    assert "only inside the noise" in drop["message"] and "95% interval" in drop["message"]
+    assert drop["interval"]["method"] == "paired bootstrap"
+    agree = _by(res, "min_agreement")
+    assert agree["status"] == "pass" and agree["noise"] is False and "only inside" not in agree["message"]
+    assert "[0.9900, 0.9990]" in agree["message"]
+    json.dumps(res, allow_nan=False)
+    from richkd_deploy.evaluate.report import render_html, render_markdown
+
+    doc = {"run": "r", "rows": [_student(top1=0.95), art], "gates": res}
+    assert "pass only inside the noise" in render_markdown(doc) and 'id="noise"' in render_html(doc)
+
+
+def test_random_clip_fails_unless_the_recipe_allows_it() -> None:
+    from richkd_deploy.evaluate.gates import clip_gate
+
+    r = clip_gate(clip_random=True, allow_random_clip=False)
+    assert r["gate"] == "clip_pretrained" and r["status"] == "fail"
+    assert "RANDOM CLIP" in r["message"] and "validate.allow_random_clip" in r["message"]
+    assert exit_code([r]) == 1
+    assert clip_gate(clip_random=True, allow_random_clip=True)["status"] == "pass"
+    assert clip_gate(clip_random=False, allow_random_clip=False)["status"] == "pass"
+    assert "FAIL" in summarize([r])
+
+
+def test_one_table_of_gate_names() -> None:
+    from richkd_deploy import recipe
+    from richkd_deploy.errors import RecipeError
+    from richkd_deploy.evaluate.gates import GATE_SPECS
+
+    assert tuple(GATE_SPECS) == recipe.GATE_NAMES == tuple(f.name for f in __import__("dataclasses").fields(GatesConfig))
+    for name in recipe.GATE_NAMES:  # every gate gets the recipe's range check
+        with pytest.raises(RecipeError, match=f"validate.gates.{name}"):
+            recipe.from_dict({"validate": {"gates": {name: 1.5}}})
+    assert recipe.from_dict({"validate": {"allow_random_clip": True}}).validate.allow_random_clip is True

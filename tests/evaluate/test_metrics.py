@@ -40,8 +40,53 @@ def test_top_k_accuracy_by_hand():
     assert metrics.top_k_accuracy(z, y, 3) == 1.0
 
 
-def test_top_k_ties_count_for_the_label():
-    assert metrics.top_k_accuracy(np.zeros((2, 4)), np.array([0, 3]), 1) == 1.0
+def test_top_k_ties_go_to_the_lowest_index_like_numpy_argmax():
+    # a tie for the top score is the lowest index's win, as on every deployment runtime
+    assert metrics.top_k_accuracy(np.zeros((2, 4)), np.array([0, 3]), 1) == 0.5
+    z = np.array([[1.0, 1.0, 0.0]])
+    assert metrics.top_k_accuracy(z, np.array([1]), 1) == 0.0
+    assert metrics.top_k_accuracy(z, np.array([0]), 1) == 1.0
+    assert metrics.top_k_accuracy(z, np.array([1]), 2) == 1.0
+    assert metrics.top_k_accuracy(z, np.array([2]), 2) == 0.0
+    # [0, 2, 2, 2]: top-2 is classes 1 and 2, class 3 ties but is left out
+    w = np.array([[0.0, 2.0, 2.0, 2.0]] * 3)
+    assert metrics.top_k_accuracy(w, np.array([1, 2, 3]), 2) == pytest.approx(2 / 3)
+    assert metrics.top_k_predictions(w, 2).tolist() == [[1, 2]] * 3
+
+
+def test_top1_equals_numpy_argmax_on_quantized_logits():
+    rng = np.random.default_rng(0)
+    z = np.round(rng.normal(size=(2000, 10)) * 2) / 2  # coarse steps, like INT8 output logits: many ties
+    y = rng.integers(0, 10, size=2000)
+    assert (np.sort(z, axis=1)[:, -1] == np.sort(z, axis=1)[:, -2]).sum() > 50
+    want = float(np.mean(z.argmax(axis=1) == y))
+    assert metrics.top_k_accuracy(z, y, 1) == want
+    assert metrics.summary(z, y)["top1"] == want
+    assert (metrics.predictions(z) == z.argmax(axis=1)).all()
+    assert (metrics.top_k_predictions(z, 5)[:, 0] == z.argmax(axis=1)).all()
+
+
+def test_every_figure_of_tied_logits_comes_from_the_same_predictions():
+    # [[1, 1, 0]] with label 1 is wrong: accuracy, bins, histogram, per-class and confidence agree
+    z = np.array([[1.0, 1.0, 0.0], [0.0, 3.0, 3.0], [5.0, 0.0, 0.0]])
+    y = np.array([1, 2, 0])
+    top1 = metrics.top_k_accuracy(z, y, 1)
+    assert top1 == pytest.approx(1 / 3)
+    rel = metrics.reliability_diagram(z, y, n_bins=10)
+    hits = sum(c * a for c, a in zip(rel["count"], rel["accuracy"], strict=True) if a is not None)
+    assert hits == pytest.approx(1.0)
+    hist = metrics.confidence_histogram(z, y, bins=10)
+    assert sum(hist["correct"]) == 1 and sum(hist["wrong"]) == 2
+    assert metrics.per_class_accuracy(z, y) == [1.0, 0.0, 0.0]
+    conf = metrics.confidence_analysis(z, y, threshold=0.4)
+    assert conf["confident_correct"] == 1 and conf["confident_wrong"] == 2
+    assert metrics.agreement(z, np.array([[0.0, 1.0, 0.0], [0.0, 3.0, 3.0], [5.0, 0.0, 0.0]]))["top1_agreement"] \
+        == pytest.approx(2 / 3)
+
+
+def test_per_class_accuracy_leaves_absent_classes_empty():
+    z = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [2.0, 0.0, 0.0]])
+    assert metrics.per_class_accuracy(z, np.array([0, 1, 1])) == [1.0, 0.5, None]
 
 
 def test_nll_and_brier_by_hand():
@@ -225,3 +270,39 @@ def test_ece_and_mce_match_torchmetrics(seed, k, scale):
         metric = tm.MulticlassCalibrationError(num_classes=k, n_bins=15, norm=norm)
         want = float(metric(torch.from_numpy(z), torch.from_numpy(y)))
         assert ours(z, y, n_bins=15) == pytest.approx(want, abs=1e-6)
+
+
+def test_binomial_interval_is_exact_clopper_pearson():
+    # k = n: the lower bound solves p^n = alpha / 2
+    r = metrics.binomial_interval(300, 300)
+    assert r["high"] == 1.0 and r["low"] == pytest.approx(0.025 ** (1 / 300), rel=1e-9)
+    r = metrics.binomial_interval(0, 50)
+    assert r["low"] == 0.0 and r["high"] == pytest.approx(1 - 0.025 ** (1 / 50), rel=1e-9)
+    # textbook value: 7 of 20, 95 % -> [0.1539, 0.5922]
+    r = metrics.binomial_interval(7, 20)
+    assert (round(r["low"], 4), round(r["high"], 4)) == (0.1539, 0.5922)
+    assert "Clopper-Pearson" in r["method"]
+    z = np.array([[1.0, 0.0]] * 9 + [[0.0, 1.0]])
+    a = metrics.agreement(z, np.array([[1.0, 0.0]] * 10))
+    assert a["top1_agreement"] == 0.9 and a["top1_agreement_interval"]["low"] < 0.9 < a["top1_agreement_interval"]["high"]
+
+
+def test_top1_drop_interval_matches_a_plain_paired_bootstrap():
+    rng = np.random.default_rng(1)
+    n = 2000
+    y = rng.integers(0, 5, n)
+    ref = rng.normal(size=(n, 5))
+    ref[np.arange(n), y] += 1.5
+    cand = ref.copy()
+    flip = rng.random(n) < 0.03
+    cand[flip] = rng.normal(size=(int(flip.sum()), 5))
+    r = metrics.top1_drop_interval(ref, cand, y)
+    assert r == metrics.top1_drop_interval(ref, cand, y)  # fixed seed: reproducible
+    d = (ref.argmax(1) == y).astype(int) - (cand.argmax(1) == y).astype(int)
+    assert r["value"] == pytest.approx(d.mean())
+    idx = np.random.default_rng(7).integers(0, n, size=(2000, n))
+    lo, hi = np.quantile(d[idx].mean(axis=1), [0.025, 0.975])
+    assert r["low"] == pytest.approx(lo, abs=0.002) and r["high"] == pytest.approx(hi, abs=0.002)
+    assert r["low"] < r["value"] < r["high"] and "paired bootstrap" in r["method"]
+    same = metrics.top1_drop_interval(ref, ref, y)
+    assert same["low"] == same["high"] == same["value"] == 0.0

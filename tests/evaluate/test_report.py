@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from richkd_deploy.evaluate import plots, report
 from richkd_deploy.evaluate.gates import evaluate_gates, exit_code
@@ -365,6 +367,17 @@ def test_plots_reject_missing_data_and_are_deterministic(results: dict[str, Any]
     assert a is not None and a == plots.reliability_png(clean["reliability"], "t", clean["ece"])
     heat = plots.corruption_heatmap_png({"fog": {"1": 0.5, "3": math.nan}, "snow": {"1": 0.2}}, "t")
     assert heat is not None and heat.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("title", ["Corruption accuracy (%): model.calibrated.onnx",
+                                   "Corruption accuracy (%): a-very-long-artifact-name.int8.onnx"])
+@pytest.mark.parametrize("names", [("fog",), ("gaussian_noise", "defocus_blur", "jpeg_compression", "elastic_transform")])
+def test_corruption_heatmap_is_not_cut_off_at_the_edges(title: str, names: tuple[str, ...]) -> None:
+    """Nothing drawn touches the image border: a title wider than the grid once ran off the right edge."""
+    png = plots.corruption_heatmap_png({c: {"1": 0.9, "3": 0.5, "5": 0.2} for c in names}, title)
+    im = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    for edge in (im[:, :2], im[:, -2:], im[:2, :], im[-2:, :]):
+        assert edge.min() == 255, "something is drawn on the image border (cut off)"
 
 
 # --------------------------------------------------------------------------- headless browser

@@ -95,3 +95,39 @@ def test_fp16_keeps_float32_io_and_runs(exported: dict, fmnist: dict) -> None:
     fp16 = run_session(make_session(path), xte[:128])
     assert fp16.dtype == np.float32
     assert np.abs(fp16 - fp32).max() < 0.05 and agreement(fp32, fp16) >= 0.99
+
+
+def test_int8_output_logits_stay_float(exported: dict) -> None:
+    """No Q/DQ pair on the graph output: the logits come out of a float op (the classifier)."""
+    model = onnx.load(str(exported["int8"]))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for out in model.graph.output:
+        node = producer[out.name]
+        assert node.op_type not in ("DequantizeLinear", "QuantizeLinear"), node.name
+        assert node.op_type == "Gemm"
+    assert read_metadata(model)["quantization"]["float_output"] is True
+
+
+def test_int8_logits_have_no_quantization_ties(exported: dict, fmnist: dict) -> None:
+    """Quantized logits (one step of the output scale apart) tie for the top score on
+    many images; float logits practically never do."""
+    xte, _ = fmnist["test"]
+    int8 = run_session(make_session(exported["int8"]), xte)
+    top2 = np.sort(int8, axis=1)[:, -2:]
+    assert int((top2[:, 0] == top2[:, 1]).sum()) == 0
+    assert len(np.unique(int8)) > int8.size // 2  # not a handful of quantization levels
+
+
+def test_float_output_check_refuses_a_quantized_output() -> None:
+    from onnx import TensorProto, helper
+
+    from exporters.int8 import float_output_check
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+                               helper.make_tensor("z", TensorProto.INT8, [], [0])])
+    with pytest.raises(ArtifactError, match="logits must stay float"):
+        float_output_check(helper.make_model(graph))

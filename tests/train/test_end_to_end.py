@@ -25,6 +25,9 @@ def test_validate_end_to_end_with_calibration(exported_run):
     results = json.loads(out.stdout)
     assert results["exit_code"] == out.returncode
     assert results["clip_random"] is True  # the smoke recipe's random CLIP is never hidden
+    # ... and its clip_pretrained gate holds only because smoke.yaml sets validate.allow_random_clip
+    [clip] = [g for g in results["gates"] if g["gate"] == "clip_pretrained"]
+    assert clip["status"] == "pass" and "allowed by validate.allow_random_clip" in clip["message"]
     names = {r["name"]: r for r in results["rows"]}
     assert {"torch-fp32", "teacher", "model.onnx", "model.int8.onnx", "model.calibrated.onnx"} <= set(names)
     fp32 = names["model.onnx"]
