@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exporters.deps import require
-from exporters.engine_sidecar import make_sidecar, write_sidecar
-from exporters.tensorrt_runtime import running_env
-from exporters.trt_plan import ShapeProfile, parse_version, plan_build
+from exporters.trt_plan import plan_build
+from richkd_deploy.deps import require
 from richkd_deploy.errors import ArtifactError
 from richkd_deploy.runs import atomic_write_bytes
+from richkd_deploy.runtime.engine_sidecar import ShapeProfile, make_sidecar, parse_version, write_sidecar
+from richkd_deploy.runtime.tensorrt import running_env
 
 
 def _set_timing_cache(config: Any, cache_file: Path | None, log: Callable[[str], None]) -> Any:

@@ -115,11 +115,13 @@ def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provi
              quiet: bool) -> None:
     """Check accuracy, calibration and corruption robustness of the exported artifacts
     against the recipe's gates. Exit 0 if every gate holds, 1 if one fails."""
+    from exporters.calibrated import export_calibrated
     from richkd_deploy.evaluate.harness import validate_run
 
     root = _resolve_run(run)
     results = validate_run(root, artifacts=artifacts, calibrate=calibrate, provider=provider, quiet=quiet,
-                           log=(lambda m: None) if (quiet or as_json) else click.echo)
+                           log=(lambda m: None) if (quiet or as_json) else click.echo,
+                           write_calibrated=export_calibrated)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     raise SystemExit(results["exit_code"])
