@@ -147,6 +147,13 @@ def calibration(holdout_logits: np.ndarray | None, holdout_labels: np.ndarray | 
             "nll_before": metrics.nll(test_logits, test_labels), "nll_after": metrics.nll(scaled, test_labels)}
 
 
+def agreement_doc(reference: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """How closely a row reproduces a reference row: the divergences of
+    `metrics.agreement`, with the top-1 agreement from `runtime.agreement`, the one
+    function export uses too (so the two commands cannot disagree on it)."""
+    return {**metrics.agreement(reference, logits), "top1_agreement": agreement(reference, logits)}
+
+
 def evaluate_clean(rows: list[Row], test_x: np.ndarray, labels: np.ndarray, holdout_x: np.ndarray | None,
                    holdout_y: np.ndarray | None, batch_size: int, threshold: float, log: Log) -> None:
     """Clean-test metrics and calibration of every live row; a row whose runtime raises
@@ -170,5 +177,5 @@ def evaluate_clean(rows: list[Row], test_x: np.ndarray, labels: np.ndarray, hold
     ref = {r.doc["role"]: r for r in rows if r.logits is not None and r.doc["role"] in ("student", "teacher")}
     for row in rows:
         if row.logits is not None:
-            row.doc["agreement"] = {role: (agreement(ref[role].logits, row.logits) if role in ref else None)
+            row.doc["agreement"] = {role: (agreement_doc(ref[role].logits, row.logits) if role in ref else None)
                                     for role in ("student", "teacher")}
