@@ -124,3 +124,24 @@ def test_an_absent_runtime_is_pending_not_failed(run: Path) -> None:
     assert row["status"] == "pending" and "TensorRT is not installed" in row["reason"]
     gates = [g for g in results["gates"] if g["artifact"] == "model.fp16.engine"]
     assert gates and all(g["status"] == "pending" for g in gates)
+
+
+def test_calibrated_model_is_an_export_step_and_bench_labels_it(run: Path) -> None:
+    """validate --calibrate: T fitted on the held-out split, model.calibrated.onnx committed
+    by the exporter; bench times it as fp32-calibrated next to the real FP32 model."""
+    from exporters.calibrated import CALIBRATED, export_calibrated
+    from exporters.formats import format_of_file
+    from richkd_deploy.evaluate.latency import bench_run
+
+    assert format_of_file(CALIBRATED).label == "fp32-calibrated"
+    results = validate_run(run, calibrate=True, write_calibrated=export_calibrated, quiet=True, log=_quiet)
+    manifest = read_manifest(run)
+    entry = manifest.artifact(CALIBRATED)
+    assert entry["temperature"] > 0 and entry["source"] == "model.onnx"
+    assert not list((run / "export").glob(".staging-*"))
+    assert CALIBRATED in {r["name"] for r in results["rows"]}
+    report = bench_run(run, batch_sizes=(1,), iters=2, warmup=1, budget_s=0.0, log=_quiet)
+    timed = report["results"]["1"]
+    assert {"onnxruntime-fp32", "onnxruntime-int8", "onnxruntime-fp32-calibrated"} <= set(timed)
+    with pytest.raises(TypeError, match="write_calibrated"):
+        validate_run(run, calibrate=True, quiet=True, log=_quiet)
