@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from richkd_deploy import data
 from richkd_deploy.data.for_recipe import build_eval_datasets
@@ -37,8 +38,6 @@ def array_batches(x: np.ndarray, batch_size: int = EVAL_BATCH, limit: int | None
 def progress(iterable: Iterable[Any], total: int, desc: str, quiet: bool) -> Iterable[Any]:
     if quiet:
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
 
 
