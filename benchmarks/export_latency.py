@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def fresh_model_report(arch: str, threads: int, batch_sizes: list[int], iters: int, budget_s: float) -> dict:
     import torch
 
+    from exporters.inputs import array_batches
     from exporters.int8 import quantize_int8
     from exporters.onnx_fp32 import export_onnx
-    from exporters.inputs import array_batches
     from richkd_deploy import data, models
-    from richkd_deploy.runtime.predictions import eval_arrays
     from richkd_deploy.evaluate.latency import bench_backends, make_cpu_backends
+    from richkd_deploy.runtime.predictions import eval_arrays
 
     torch.manual_seed(0)
     view = models.export_view(models.create_model(arch, num_classes=100)).eval()
@@ -46,8 +46,8 @@ def fresh_model_report(arch: str, threads: int, batch_sizes: list[int], iters: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from richkd_deploy.runtime.onnxruntime import default_threads
     from richkd_deploy.evaluate.latency import bench_run
+    from richkd_deploy.runtime.onnxruntime import default_threads
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, help="an exported run folder (default: a fresh model)")

@@ -247,8 +247,8 @@ def _student_onnx(folder: Path, quick: bool) -> tuple[torch.nn.Module, Path]:
 def section_ort(device: torch.device, quick: bool) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from richkd_deploy.runtime.onnxruntime import make_session, run_session
     from richkd_deploy.evaluate.latency import bench_callables
+    from richkd_deploy.runtime.onnxruntime import make_session, run_session
 
     available = ort.get_available_providers()
     out: dict[str, Any] = {"onnxruntime": ort.__version__, "available_providers": available}
