@@ -20,6 +20,7 @@ _HINTS = {
     "onnxruntime": 'onnxruntime is not installed: pip install "richkd-deploy[cpu]" (or "richkd-deploy[gpu]" on an '
                    "NVIDIA machine; never both)",
     "tensorrt": TRT_MISSING,
+    "openvino": 'OpenVINO is not installed: pip install "richkd-deploy[openvino]"',
 }
 
 

@@ -100,7 +100,8 @@ def artifact_rows(run: RunDir, manifest: Manifest | None, artifacts: Sequence[st
             rt = create_runtime(path if path.is_absolute() or artifacts else run.export_dir / path.name,
                                 provider=None if is_engine else provider, manifest=manifest,
                                 runtime=None if is_engine else runtime)
-            rows.append(Row(path.name, "artifact", str(path), rt, name, precision, user_given=bool(artifacts)))
+            rows.append(Row(path.name, "artifact", str(path), rt, rt.name if runtime and not is_engine else name,
+                            precision, user_given=bool(artifacts)))
         except MissingDependencyError as exc:
             rows.append(Row(path.name, "artifact", str(path), None, name, precision, reason=str(exc)))
             log(f"PENDING {path.name}: {exc}")

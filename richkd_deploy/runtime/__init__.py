@@ -17,6 +17,7 @@ from richkd_deploy.manifest import MANIFEST_NAME, Manifest, find_artifact, read_
 from richkd_deploy.runs import sha256_file
 from richkd_deploy.runtime.base import Runtime, split_batches
 from richkd_deploy.runtime.onnxruntime import OnnxRuntime
+from richkd_deploy.runtime.openvino import OpenVINORuntime
 from richkd_deploy.runtime.predictions import agreement, predict_all, predictions, top1
 from richkd_deploy.runtime.tensorrt import TensorRTRuntime
 from richkd_deploy.runtime.torch_runtime import TorchRuntime
@@ -26,9 +27,10 @@ RUNTIMES: dict[str, type[Runtime]] = {
     "torch": TorchRuntime,
     "onnxruntime": OnnxRuntime,
     "tensorrt": TensorRTRuntime,
+    "openvino": OpenVINORuntime,
 }
 
-__all__ = ["RUNTIMES", "OnnxRuntime", "Runtime", "TensorRTRuntime", "TorchRuntime", "agreement", "create_runtime",
+__all__ = ["RUNTIMES", "OnnxRuntime", "OpenVINORuntime", "Runtime", "TensorRTRuntime", "TorchRuntime", "agreement", "create_runtime",
            "predict_all", "predictions", "runtime_for", "split_batches", "top1"]
 
 

@@ -145,3 +145,15 @@ def test_calibrated_model_is_an_export_step_and_bench_labels_it(run: Path) -> No
     assert {"onnxruntime-fp32", "onnxruntime-int8", "onnxruntime-fp32-calibrated"} <= set(timed)
     with pytest.raises(TypeError, match="write_calibrated"):
         validate_run(run, calibrate=True, quiet=True, log=_quiet)
+
+
+@pytest.mark.skipif(not available("openvino"), reason="openvino is not installed")
+def test_validate_runs_the_artifacts_through_openvino(run: Path) -> None:
+    ort = {r["name"]: r for r in validate_run(run, quiet=True, log=_quiet)["rows"]}
+    results = validate_run(run, runtime="openvino", quiet=True, log=_quiet)
+    rows = {r["name"]: r for r in results["rows"]}
+    fp32 = rows["model.onnx"]
+    assert fp32["status"] == "ok" and fp32["backend"] == "openvino-cpu-f32"
+    assert fp32["runtime"]["inference_precision"] == "f32"
+    assert abs(fp32["clean"]["top1"] - ort["model.onnx"]["clean"]["top1"]) <= 1 / results["dataset"]["test_samples"]
+    assert rows["torch-fp32"]["backend"] == "torch"
