@@ -24,19 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def fresh_model_report(arch: str, threads: int, batch_sizes: list[int], iters: int, budget_s: float) -> dict:
     import torch
 
+    from exporters.inputs import array_batches
     from exporters.int8 import quantize_int8
     from exporters.onnx_fp32 import export_onnx
-    from exporters.pipeline import iter_batches
     from richkd_deploy import data, models
     from richkd_deploy.evaluate.latency import bench_backends, make_cpu_backends
+    from richkd_deploy.runtime.predictions import eval_arrays
 
     torch.manual_seed(0)
     view = models.export_view(models.create_model(arch, num_classes=100)).eval()
     mean, std = data.default_mean_std("synthetic")
-    calibration = data.build_dataset("synthetic", "train", limit=128).with_transform(data.eval_transform(32, mean, std))
+    calibration, _ = eval_arrays(data.build_dataset("synthetic", "train", limit=128), 32, mean, std)
     with tempfile.TemporaryDirectory(prefix="richkd-bench-") as tmp:
         fp32 = export_onnx(view, Path(tmp) / "model.onnx", (3, 32, 32), 17, {"arch": arch})
-        int8 = quantize_int8(fp32, iter_batches(calibration, 64, with_labels=False), Path(tmp) / "model.int8.onnx")
+        int8 = quantize_int8(fp32, array_batches(calibration, 64), Path(tmp) / "model.int8.onnx")
         backends = make_cpu_backends(view, fp32, int8, threads)
         print(f"bench: fresh {arch} (random init), input [3, 32, 32]")
         report = bench_backends(backends, (3, 32, 32), threads, batch_sizes, iters=iters, budget_s=budget_s)
@@ -45,8 +46,8 @@ def fresh_model_report(arch: str, threads: int, batch_sizes: list[int], iters: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exporters.ort_session import default_threads
     from richkd_deploy.evaluate.latency import bench_run
+    from richkd_deploy.runtime.onnxruntime import default_threads
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, help="an exported run folder (default: a fresh model)")

@@ -37,19 +37,16 @@ def cli(*args: str) -> None:
 
 
 def test_metrics(run: Path) -> tuple[float, float]:
-    import torch
-
     from richkd_deploy.data.for_recipe import build_eval_datasets
     from richkd_deploy.evaluate import metrics
-    from richkd_deploy.evaluate.backends import TorchBackend
-    from richkd_deploy.evaluate.harness import _normalise, predict_all
-    from richkd_deploy.recipe import from_dict
+    from richkd_deploy.runtime import TorchRuntime, predict_all
+    from richkd_deploy.runtime.predictions import eval_arrays
+    from richkd_deploy.student import load_student
 
-    payload = torch.load(run / "student.pt", map_location="cpu", weights_only=True)
-    ds = build_eval_datasets(from_dict(payload["recipe"]))
-    x = _normalise(ds.test.uint8_batch(np.arange(len(ds.test))), payload["mean"], payload["std"])
-    logits = predict_all(TorchBackend(run / "student.pt"), x, 512)
-    labels = np.asarray(ds.test.labels)
+    student = load_student(run / "student.pt")
+    ds = build_eval_datasets(student.recipe())
+    x, labels = eval_arrays(ds.test, int(student.meta["input_size"]), student.meta["mean"], student.meta["std"])
+    logits = predict_all(TorchRuntime(student.view), x, 512)
     return metrics.top_k_accuracy(logits, labels), metrics.ece(logits, labels)
 
 

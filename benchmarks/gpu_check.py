@@ -247,8 +247,8 @@ def _student_onnx(folder: Path, quick: bool) -> tuple[torch.nn.Module, Path]:
 def section_ort(device: torch.device, quick: bool) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from exporters.ort_session import make_session, run_session
     from richkd_deploy.evaluate.latency import bench_callables
+    from richkd_deploy.runtime.onnxruntime import make_session, run_session
 
     available = ort.get_available_providers()
     out: dict[str, Any] = {"onnxruntime": ort.__version__, "available_providers": available}
@@ -296,8 +296,8 @@ def section_trt(device: torch.device, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"importable": True, "version": trt.__version__, "engines": {}}
     from exporters.int8 import quantize_int8
     from exporters.tensorrt_build import build_engine
-    from exporters.tensorrt_runtime import load_engine
-    from exporters.trt_plan import ShapeProfile
+    from richkd_deploy.runtime.engine_sidecar import ShapeProfile
+    from richkd_deploy.runtime.tensorrt import load_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

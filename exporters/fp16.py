@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporters.deps import require
 from exporters.metadata import set_metadata
+from richkd_deploy.deps import require
 from richkd_deploy.errors import ArtifactError
 from richkd_deploy.runs import atomic_write_bytes
 

@@ -27,8 +27,8 @@ import torch
 
 from exporters.contract import build_contract, preprocess, raw_from_dataset
 from richkd_deploy.errors import ArtifactError
-from richkd_deploy.evaluate.backends import create_backend
 from richkd_deploy.runs import atomic_write_bytes
+from richkd_deploy.runtime import create_runtime
 
 GOLDEN_FILE = "golden.npz"
 GOLDEN_IMAGES = 32
@@ -94,7 +94,7 @@ def export_golden(staging: Path, test_dataset: Any, payload: Mapping[str, Any], 
     logits: dict[str, np.ndarray] = {}
     for path in artifacts.values():
         try:
-            logits[Path(path).name] = create_backend(path, provider="cpu", manifest=False).predict(x)
+            logits[Path(path).name] = create_runtime(path, provider="cpu", manifest=False).predict(x)
         except Exception as exc:  # noqa: BLE001 - e.g. an FP16 op without a CPU kernel: no expected logits for it
             log(f"[export] golden.npz: no logits for {Path(path).name} ({type(exc).__name__}: {exc})")
     if student_view is not None:

@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from exporters.deps import require
 from exporters.metadata import set_metadata
+from richkd_deploy.deps import require
 from richkd_deploy.errors import ArtifactError
 from richkd_deploy.runs import atomic_write_bytes
 

@@ -3,7 +3,8 @@
 Parity is measured on real test images through the eval transform (random inputs
 hide problems that only show on the real input distribution, e.g. saturated
 activations) and reported as the two numbers a user can judge: the largest absolute
-logit difference and the fraction of images whose top-1 class agrees.
+logit difference and the fraction of images whose top-1 class agrees. Both sides
+are `richkd_deploy.runtime` runtimes (their `predict`), the same ones validate uses.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from richkd_deploy.errors import ArtifactError
+from richkd_deploy.runtime.predictions import predictions
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -57,7 +59,7 @@ class _Accumulator:
             self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
         self.sum_abs += float(np.nan_to_num(diff, posinf=0.0).sum())
         self.count += diff.size
-        self.agree += int((ref.argmax(axis=1) == test.argmax(axis=1)).sum())
+        self.agree += int((predictions(ref) == predictions(test)).sum())
         self.n += ref.shape[0]
 
 
@@ -82,33 +84,3 @@ def check_parity(reference: Predictor, candidate: Predictor, batches: Iterable[n
             f"(allowed {atol:g}), top-1 agreement {result.top1_agreement:.4f} (required {min_agreement:g}); "
             "if the difference is numerical noise, raise export.parity_atol in the recipe, otherwise report a bug")
     return result
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of rows whose argmax matches."""
-    if len(a) == 0:
-        return float("nan")
-    return float((np.asarray(a).argmax(axis=1) == np.asarray(b).argmax(axis=1)).mean())
-
-
-def top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    if len(labels) == 0:
-        return float("nan")
-    return float((np.asarray(logits).argmax(axis=1) == np.asarray(labels)).mean())
-
-
-def torch_predictor(module: object, device: str = "cpu") -> Predictor:
-    """Wrap a logits-only nn.Module as numpy -> numpy, in eval mode without grad."""
-    import torch
-
-    module = module.eval()  # type: ignore[attr-defined]
-    dev = torch.device(device)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = module(torch.from_numpy(np.ascontiguousarray(batch)).to(dev))  # type: ignore[operator]
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.float().cpu().numpy()
-
-    return predict

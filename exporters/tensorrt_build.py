@@ -13,12 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exporters.deps import require
-from exporters.engine_sidecar import make_sidecar, write_sidecar
-from exporters.tensorrt_runtime import running_env
-from exporters.trt_plan import ShapeProfile, parse_version, plan_build
+from exporters.metadata import read_metadata
+from exporters.trt_plan import plan_build
+from richkd_deploy.deps import require
 from richkd_deploy.errors import ArtifactError
 from richkd_deploy.runs import atomic_write_bytes
+from richkd_deploy.runtime.engine_sidecar import ShapeProfile, make_sidecar, parse_version, write_sidecar
+from richkd_deploy.runtime.tensorrt import running_env
 
 
 def _set_timing_cache(config: Any, cache_file: Path | None, log: Callable[[str], None]) -> Any:
@@ -80,6 +81,16 @@ def build_engine(onnx_path: str | Path, precision: str, profile: ShapeProfile, o
     atomic_write_bytes(out_path, bytes(memoryview(serialized)))
     if cache_file is not None:
         atomic_write_bytes(cache_file, bytes(memoryview(config.get_timing_cache().serialize())))
-    sidecar = make_sidecar(out_path, onnx_path, precision, profile, env, plan.to_dict())
+    sidecar = make_sidecar(out_path, onnx_path, precision, profile, env, plan.to_dict(),
+                           preprocess=_contract_of(onnx_path))
     write_sidecar(out_path, sidecar)
     return out_path, sidecar
+
+
+def _contract_of(source_onnx: Path) -> dict[str, Any] | None:
+    """The source ONNX's preprocessing contract, or None when it has none (an old export)."""
+    try:
+        contract = read_metadata(source_onnx).get("preprocess")
+    except Exception:  # noqa: BLE001 - not a readable ONNX: the sidecar still describes the engine
+        return None
+    return contract if isinstance(contract, dict) else None

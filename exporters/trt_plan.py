@@ -16,57 +16,14 @@ functions, so it is tested on machines without a GPU:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from richkd_deploy.errors import MissingDependencyError, RecipeError
+from richkd_deploy.runtime.engine_sidecar import ShapeProfile, TrtVersion, parse_version
 
 MIN_MAJOR = 10
-
-
-@dataclass(frozen=True, order=True)
-class TrtVersion:
-    major: int
-    minor: int
-    patch: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}"
-
-    @property
-    def strongly_typed_only(self) -> bool:
-        return self.major >= 11
-
-
-def parse_version(text: str) -> TrtVersion:
-    """'10.3.0.26', '11.0.0', '10.13.2.post1' -> TrtVersion."""
-    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(text))
-    if not m:
-        raise ValueError(f"not a TensorRT version: {text!r}")
-    return TrtVersion(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
-
-
-@dataclass(frozen=True)
-class ShapeProfile:
-    """One TensorRT optimization profile for the single image input."""
-
-    input_name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    @property
-    def max_batch(self) -> int:
-        return self.max[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"input_name": self.input_name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ShapeProfile:
-        return cls(str(d["input_name"]), tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
 
 
 def profile_from_recipe(trt_cfg: Any, input_shape: Sequence[int], input_name: str = "input") -> ShapeProfile:
@@ -107,11 +64,3 @@ def plan_build(version: TrtVersion | str, precision: str) -> BuildPlan:
         return BuildPlan(precision, ("STRONGLY_TYPED",), (), precision)
     flags = ("FP16",) if precision == "fp16" else ("INT8", "FP16")
     return BuildPlan(precision, (), flags, precision)
-
-
-def split_batches(n: int, max_batch: int) -> list[slice]:
-    """Slices covering range(n) in chunks of at most `max_batch` (engines have a
-    profile maximum; backends split bigger batches instead of failing)."""
-    if max_batch < 1:
-        raise ValueError("max_batch must be >= 1")
-    return [slice(i, min(i + max_batch, n)) for i in range(0, n, max_batch)]

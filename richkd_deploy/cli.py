@@ -135,19 +135,23 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool) -> None:
 @click.argument("run", required=False, type=click.Path(file_okay=False))
 @click.option("--artifact", "artifacts", multiple=True, help="evaluate only this artifact (repeatable)")
 @click.option("--calibrate", is_flag=True, help="fit a temperature and add model.calibrated.onnx")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
-              help="onnxruntime execution provider")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt", "gpu", "npu"]), default="cpu",
+              show_default=True, help="device: onnxruntime's cpu/cuda/tensorrt, OpenVINO's cpu/gpu/npu")
+@click.option("--runtime", "runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+              show_default=True, help="what runs the ONNX artifacts (openvino: pip install 'richkd-deploy[openvino]')")
 @click.option("--json", "as_json", is_flag=True, help="also print the results document to stdout")
 @click.option("--quiet", is_flag=True)
-def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provider: str, as_json: bool,
-             quiet: bool) -> None:
+def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provider: str, runtime: str,
+             as_json: bool, quiet: bool) -> None:
     """Check accuracy, calibration and corruption robustness of the exported artifacts
     against the recipe's gates. Exit 0 if every gate holds, 1 if one fails."""
+    from exporters.calibrated import export_calibrated
     from richkd_deploy.evaluate.harness import validate_run
 
     root = _resolve_run(run)
     results = validate_run(root, artifacts=artifacts, calibrate=calibrate, provider=provider, quiet=quiet,
-                           log=(lambda m: None) if (quiet or as_json) else click.echo)
+                           log=(lambda m: None) if (quiet or as_json) else click.echo,
+                           write_calibrated=export_calibrated, runtime=None if runtime == "onnxruntime" else runtime)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     raise SystemExit(results["exit_code"])

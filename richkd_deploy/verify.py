@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from exporters.contract import preprocess
-from exporters.engine_sidecar import read_sidecar
 from exporters.golden import GOLDEN_FILE, read_golden
 from exporters.metadata import read_metadata
 from richkd_deploy.errors import ArtifactError, RichKDError
-from richkd_deploy.evaluate.backends import create_backend
 from richkd_deploy.evaluate.metrics import predictions
+from richkd_deploy.runtime import create_runtime
+from richkd_deploy.runtime.engine_sidecar import read_sidecar
 
 # precision -> (largest |logit diff| allowed, smallest top-1 agreement)
 TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-3, 1.0), "fp16": (5e-2, 1.0), "int8": (0.5, 0.9)}
@@ -95,7 +95,7 @@ def verify_artifact(artifact: str | Path, runtime: str = "auto", provider: str =
         raise ArtifactError(f"{golden_path} holds no expected logits for {path.name} (it has: {', '.join(g.logits)}); "
                             "re-export with richkd-deploy export --force")
     x = preprocess(g.images, contract)
-    backend = create_backend(path, provider="tensorrt" if natural == "tensorrt" else provider)
+    backend = create_runtime(path, provider="tensorrt" if natural == "tensorrt" else provider)
     got = np.asarray(backend.predict(x), dtype=np.float64)
     want = g.logits[reference].astype(np.float64)
     if got.shape != want.shape:

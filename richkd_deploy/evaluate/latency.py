@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from richkd_deploy.errors import ArtifactError
+from richkd_deploy.manifest import Manifest, read_manifest
+from richkd_deploy.runs import RunDir
+from richkd_deploy.runtime import OnnxRuntime, Runtime, TorchRuntime, create_runtime
+from richkd_deploy.runtime.onnxruntime import default_threads
 
 Log = Callable[[str], None]
 BASELINE = "torch-eager"
@@ -47,8 +54,6 @@ def summarize(times_s: Sequence[float], batch: int) -> LatencyStats:
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on. Every benchmark prints it, load average
     included: on a shared 2-core machine the load explains most of the variance."""
-    import torch
-
     info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(),
                             "python": platform.python_version(), "cpu_count": os.cpu_count()}
     if hasattr(os, "sched_getaffinity"):
@@ -135,9 +140,7 @@ def format_table(results: Mapping[int, Mapping[str, LatencyStats]], baseline: st
 def bench_backends(backends: Mapping[str, Any], input_shape: Sequence[int], threads: int,
                    batch_sizes: Sequence[int] = (1, 64), warmup: int = 10, iters: int = 100,
                    budget_s: float = 3.0, log: Log = print) -> dict[str, Any]:
-    """Time `Backend` objects (already created with `threads`) and build the report."""
-    import torch
-
+    """Time runtimes (already created with `threads`) and build the report."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -165,50 +168,60 @@ def bench_backends(backends: Mapping[str, Any], input_shape: Sequence[int], thre
 
 
 def make_cpu_backends(student: Any, onnx_fp32: Path | None, onnx_int8: Path | None, threads: int,
-                      manifest: Any = None) -> dict[str, Any]:
-    """torch eager + onnxruntime FP32/INT8 backends on the CPU with one thread count.
+                      manifest: Any = None, extra: Mapping[str, Path] | None = None) -> dict[str, Runtime]:
+    """torch eager + onnxruntime FP32/INT8 (and `extra`: {label: onnx path}) on the CPU
+    with one thread count.
 
     `student` is an nn.Module or a student.pt path; artifact paths are verified
-    against `manifest` (see create_backend)."""
-    from richkd_deploy.evaluate.backends import OnnxRuntimeBackend, TorchBackend, create_backend
-
-    backends: dict[str, Any] = {}
+    against `manifest` (see `runtime.create_runtime`)."""
+    runtimes: dict[str, Runtime] = {}
     if isinstance(student, (str, Path)):
-        backends[BASELINE] = create_backend(student, manifest=manifest if manifest is not None else False,
+        runtimes[BASELINE] = create_runtime(student, manifest=manifest if manifest is not None else False,
                                             name=BASELINE)
     else:
-        backends[BASELINE] = TorchBackend(student, name=BASELINE)
-    for name, path in (("onnxruntime-fp32", onnx_fp32), ("onnxruntime-int8", onnx_int8)):
+        runtimes[BASELINE] = TorchRuntime(student, name=BASELINE)
+    onnx = {"onnxruntime-fp32": onnx_fp32, "onnxruntime-int8": onnx_int8, **(extra or {})}
+    for name, path in onnx.items():
         if path is None:
             continue
         if manifest is not None:
-            backends[name] = create_backend(path, provider="cpu", manifest=manifest, threads=threads)
+            runtimes[name] = create_runtime(path, provider="cpu", manifest=manifest, threads=threads)
         else:
-            backends[name] = OnnxRuntimeBackend(path, "cpu", threads)
-    return backends
+            runtimes[name] = OnnxRuntime(path, "cpu", threads)
+    return runtimes
+
+
+def onnx_files(manifest: Manifest) -> dict[str, Path]:
+    """The manifest's ONNX artifacts by bench label: the precision, or the entry's own
+    label (`fp32-calibrated` for validate --calibrate's model, which is not the FP32 export)."""
+    files: dict[str, Path] = {}
+    for a in manifest["artifacts"]:
+        if a["kind"] != "onnx":
+            continue
+        label = a.get("label") or (f"{a['precision']}-calibrated" if a.get("temperature") is not None
+                                   else a["precision"])
+        files.setdefault(label, manifest.export_dir / a["file"])
+    return files
 
 
 def bench_run(run_dir: Path, batch_sizes: Sequence[int] = (1, 64), threads: int | None = None, warmup: int = 10,
               iters: int = 100, log: Log = print, budget_s: float = 3.0) -> dict[str, Any]:
     """The `richkd-deploy bench [RUN]` command: torch eager vs onnxruntime FP32 and INT8
-    of an exported run, latency p50/p90/p99 and throughput per batch size, as ratios
-    to torch eager. Raises ArtifactError when the run has no export or an artifact
-    changed since export."""
-    from exporters.ort_session import default_threads
-    from richkd_deploy.errors import ArtifactError
-    from richkd_deploy.manifest import read_manifest
-    from richkd_deploy.runs import RunDir
-
+    (and the temperature-calibrated FP32 model when there is one) of an exported run,
+    latency p50/p90/p99 and throughput per batch size, as ratios to torch eager. Raises
+    ArtifactError when the run has no export or an artifact changed since export."""
     run = RunDir(Path(run_dir))
     manifest = read_manifest(run.root)
     threads = int(threads or default_threads())
-    files = {a["precision"]: manifest.export_dir / a["file"] for a in manifest["artifacts"] if a["kind"] == "onnx"}
+    files = onnx_files(manifest)
     if "fp32" not in files:
         raise ArtifactError(f"{manifest.path} lists no FP32 ONNX model; re-export with richkd-deploy export --force")
     input_shape = [d for d in manifest.get("input", {}).get("shape", [])[1:]]
     if len(input_shape) != 3:
         raise ArtifactError(f"{manifest.path} does not record the input shape; re-export with richkd-deploy export --force")
-    backends = make_cpu_backends(run.student, files["fp32"], files.get("int8"), threads, manifest=manifest)
+    extra = {f"onnxruntime-{label}": p for label, p in files.items() if label not in ("fp32", "int8", "fp16")}
+    backends = make_cpu_backends(run.student, files["fp32"], files.get("int8"), threads, manifest=manifest,
+                                 extra=extra)
     log(f"bench {run.root}: {manifest.get('arch')} input {input_shape}, batch sizes {list(batch_sizes)}")
     report = bench_backends(backends, input_shape, threads, batch_sizes, warmup, iters, budget_s, log)
     report["run"] = str(run.root)

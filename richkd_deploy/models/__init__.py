@@ -8,13 +8,8 @@ from __future__ import annotations
 
 from richkd_deploy.models import mobilenetv2, resnet_cifar, resnet_v2, shufflenet, vgg, wrn  # noqa: F401
 from richkd_deploy.models.base import CifarClassifier, ModelOutput, export_view
-from richkd_deploy.models.checkpoint import (
-    fetch_checkpoint,
-    load_checkpoint,
-    load_state_dict_strict,
-    load_student_checkpoint,
-    save_checkpoint,
-)
+from richkd_deploy.models.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
+from richkd_deploy.models.fetch import fetch_checkpoint
 from richkd_deploy.models.registry import create_model, list_models, register_model
 
 __all__ = [
@@ -26,7 +21,6 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_state_dict_strict",
-    "load_student_checkpoint",
     "register_model",
     "save_checkpoint",
 ]

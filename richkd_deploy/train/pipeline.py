@@ -24,9 +24,9 @@ from richkd_deploy import __version__, data, models
 from richkd_deploy.data.for_recipe import RecipeDatasets as Datasets
 from richkd_deploy.data.for_recipe import build_recipe_datasets
 from richkd_deploy.errors import RunError
-from richkd_deploy.models.checkpoint import STUDENT_FORMAT
 from richkd_deploy.recipe import Recipe
 from richkd_deploy.runs import DEFAULT_RUNS_ROOT, RunDir, atomic_write_text, check_writable, run_lock
+from richkd_deploy.student import STUDENT_FORMAT
 from richkd_deploy.train import devices, rng
 from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog

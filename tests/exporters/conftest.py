@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from exporters.pipeline import ExportData, ExportSettings, LoadedStudent
+from exporters.inputs import ExportData
+from richkd_deploy.recipe import ExportConfig
+from richkd_deploy.student import Student
 
-from .helpers import ArrayDataset, TinyNet, load_images, payload_for
+from .helpers import TinyNet, load_images, payload_for
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +53,9 @@ def trained_tiny(fmnist: dict[str, Any]) -> nn.Module:
 def export_inputs(fmnist: dict[str, Any], trained_tiny: nn.Module) -> dict[str, Any]:
     """Everything export_student needs, small: 256 test and 128 calibration images."""
     xte, yte = fmnist["test"]
-    xtr, ytr = fmnist["train"]
+    xtr, _ = fmnist["train"]
     return {
-        "student": LoadedStudent(trained_tiny, payload_for(fmnist), sha256=None),
-        "data": ExportData(ArrayDataset(xte[:256], yte[:256]), ArrayDataset(xtr[:128], ytr[:128]), fmnist["name"]),
-        "settings": ExportSettings(parity_images=64, calibration_images=128),
+        "student": Student(trained_tiny, payload_for(fmnist), sha256=None),
+        "data": ExportData(xte[:256], yte[:256], xtr[:128], fmnist["name"]),
+        "settings": ExportConfig(parity_images=64, calibration_images=128),
     }

@@ -1,4 +1,4 @@
-"""Helpers shared by the exporter tests: a tiny residual CNN, datasets over arrays,
+"""Helpers shared by the exporter tests: a tiny residual CNN,
 Fashion-MNIST loading and the interrupted-export invariant."""
 
 from __future__ import annotations
@@ -28,20 +28,6 @@ class TinyNet(nn.Module):
         x = torch.relu(x + self.conv2(self.conv1(x)))
         x = self.down(x)
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 2), 1))
-
-
-class ArrayDataset(torch.utils.data.Dataset):
-    """(image, label, index) items from float32 NCHW arrays, like richkd_deploy.data."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        return self.images[i], int(self.labels[i]), i
 
 
 def load_images(split: str, limit: int) -> tuple[np.ndarray, np.ndarray, list[str], str, Any, Any]:

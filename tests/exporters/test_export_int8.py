@@ -15,9 +15,9 @@ from exporters.fp16 import convert_fp16
 from exporters.int8 import quantize_int8
 from exporters.metadata import read_metadata
 from exporters.onnx_fp32 import export_onnx
-from exporters.ort_session import make_session, run_session
-from exporters.parity import agreement, top1
 from richkd_deploy.errors import ArtifactError
+from richkd_deploy.runtime import agreement, top1
+from richkd_deploy.runtime.onnxruntime import make_session, run_session
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_onnxruntime_fuses_every_conv(exported: dict, tmp_path: Path) -> None:
     every convolution as QLinearConv (else INT8 ends up slower than FP32)."""
     import onnxruntime as ort
 
-    from exporters.ort_session import QDQ_DISABLED_OPTIMIZERS
+    from richkd_deploy.runtime.onnxruntime import QDQ_DISABLED_OPTIMIZERS
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -11,9 +11,10 @@ import torch
 
 from exporters.metadata import build_metadata, read_metadata
 from exporters.onnx_fp32 import INPUT_NAME, OUTPUT_NAME, export_onnx
-from exporters.ort_session import make_session, run_session
-from exporters.parity import check_parity, measure, torch_predictor
+from exporters.parity import check_parity, measure
 from richkd_deploy.errors import ArtifactError
+from richkd_deploy.runtime import TorchRuntime
+from richkd_deploy.runtime.onnxruntime import make_session, run_session
 
 from .helpers import TinyNet, payload_for
 
@@ -63,7 +64,7 @@ def test_one_file_serves_batch_1_7_and_64(trained_tiny: torch.nn.Module, fmnist:
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     session = make_session(path, "cpu")
     xte, _ = fmnist["test"]
-    ref = torch_predictor(trained_tiny)
+    ref = TorchRuntime(trained_tiny).predict
     for n in (1, 7, 64):
         x = xte[:n]
         out = run_session(session, x)
@@ -118,7 +119,7 @@ def test_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_parity_failure_names_both_numbers(trained_tiny: torch.nn.Module, fmnist: dict) -> None:
     xte, _ = fmnist["test"]
-    ref = torch_predictor(trained_tiny)
+    ref = TorchRuntime(trained_tiny).predict
     batches = [xte[:64], xte[64:128]]
     ok = measure(ref, ref, batches)
     assert ok.max_abs_diff == 0 and ok.top1_agreement == 1.0 and ok.n == 128

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,12 @@ from typing import Any
 import pytest
 import torch
 
+import exporters.commit as commit_mod
 import exporters.pipeline as pipeline
-from exporters.deps import available
+import exporters.stage_onnx as stage_onnx
 from exporters.metadata import read_metadata
 from exporters.pipeline import export_run, export_student
+from richkd_deploy.deps import available
 from richkd_deploy.errors import ArtifactError, MissingDependencyError
 from richkd_deploy.manifest import read_manifest, verify_artifact
 from richkd_deploy.runs import sha256_file
@@ -54,7 +57,7 @@ def test_existing_export_is_kept_without_force_and_replaced_with_it(export_input
     (d / "stale.engine").write_bytes(b"old")  # a file only the old export had
     first["artifacts"].append({"file": "stale.engine", "kind": "engine", "precision": "fp16",
                                "sha256": sha256_file(d / "stale.engine"), "size": 3})
-    pipeline.write_manifest(first)
+    commit_mod.write_manifest(first)
     second = _export(export_inputs, d, force=True)
     assert second["created_at"] >= first["created_at"]
     assert not (d / "stale.engine").exists()
@@ -79,7 +82,7 @@ def _fail_manifest(*_a: Any, **_k: Any) -> None:
     raise Boom("killed before the manifest was written")
 
 
-@pytest.mark.parametrize("where, patch", [("quantize_int8", _fail_quantize), ("_move_in", _fail_after_first_move),
+@pytest.mark.parametrize("where, patch", [("quantize_int8", _fail_quantize), ("move_in", _fail_after_first_move),
                                           ("write_manifest", _fail_manifest)])
 @pytest.mark.parametrize("previous", [False, True], ids=["fresh", "over-old-export"])
 def test_interrupted_export_never_leaves_a_manifest_over_partial_files(
@@ -89,7 +92,7 @@ def test_interrupted_export_never_leaves_a_manifest_over_partial_files(
     if previous:
         _export(export_inputs, d)
     with monkeypatch.context() as m:
-        m.setattr(pipeline, where, patch)
+        m.setattr(stage_onnx if where == "quantize_int8" else commit_mod, where, patch)
         with pytest.raises(Boom):
             _export(export_inputs, d, force=True)
     assert listed_files_ok(d)
@@ -139,7 +142,7 @@ class FakeEngine:
     """Stands in for a deserialized engine: runs the PyTorch model on the CPU."""
 
     def __init__(self, model: torch.nn.Module, sidecar: dict) -> None:
-        from exporters.engine_sidecar import profile_of
+        from richkd_deploy.runtime.engine_sidecar import profile_of
 
         self.model, self.sidecar, self.profile = model, sidecar, profile_of(sidecar)
 
@@ -154,8 +157,8 @@ def test_engine_stage_commits_engines_and_sidecars(export_inputs: dict, tmp_path
     """--trt's bookkeeping (profile, timing cache, sidecars, second commit) with the
     TensorRT calls replaced; the real build is tested under the `trt` marker."""
     import exporters.tensorrt_build as tb
-    import exporters.tensorrt_runtime as tr
-    from exporters.engine_sidecar import RuntimeEnv, check_sidecar, make_sidecar, write_sidecar
+    import richkd_deploy.runtime.tensorrt as tr
+    from richkd_deploy.runtime.engine_sidecar import RuntimeEnv, check_sidecar, make_sidecar, write_sidecar
 
     env = RuntimeEnv("11.1.0", "Fake GPU", "9.0")
     built: list[tuple[str, tuple, Path]] = []
@@ -174,7 +177,8 @@ def test_engine_stage_commits_engines_and_sidecars(export_inputs: dict, tmp_path
     monkeypatch.setattr(tr, "running_env", lambda: env)
     monkeypatch.setattr(tb, "build_engine", fake_build)
     monkeypatch.setattr(tr, "load_engine", fake_load)
-    export_inputs["settings"].trt_max_batch = 48  # the test pass uses batches of 256: split by the profile
+    cfg = export_inputs["settings"]  # the test pass uses batches of 256: split by the profile
+    export_inputs["settings"] = dataclasses.replace(cfg, trt=dataclasses.replace(cfg.trt, max_batch=48))
     d = tmp_path / "export"
     manifest = _export(export_inputs, d, trt=True)
     assert [(p, m[0]) for p, m, _ in built] == [("fp16", 48), ("int8", 48)]
@@ -192,14 +196,14 @@ def test_engine_stage_commits_engines_and_sidecars(export_inputs: dict, tmp_path
 
 def test_fp16_without_a_cpu_runtime_is_recorded_not_fatal(export_inputs: dict, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    real = pipeline.make_session
+    real = stage_onnx.create_runtime
 
-    def no_fp16(path: Path, provider: str = "cpu", threads: int | None = None) -> Any:
+    def no_fp16(path: Path, provider: str | None = None, **kw: Any) -> Any:
         if "fp16" in Path(path).name:
             raise ArtifactError("onnxruntime cannot load model.fp16.onnx on CPUExecutionProvider: no kernel")
-        return real(path, provider, threads)
+        return real(path, provider, **kw)
 
-    monkeypatch.setattr(pipeline, "make_session", no_fp16)
+    monkeypatch.setattr(stage_onnx, "create_runtime", no_fp16)
     manifest = _export(export_inputs, tmp_path / "export")
     fp16 = manifest.artifact("model.fp16.onnx")
     assert fp16["parity"]["status"].startswith("not run: onnxruntime cannot load") and fp16["accuracy"] is None

@@ -11,10 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporters.deps import available
-from exporters.engine_sidecar import RuntimeEnv, check_sidecar, make_sidecar, read_sidecar, sidecar_path, write_sidecar
-from exporters.trt_plan import ShapeProfile
+from richkd_deploy.deps import available
 from richkd_deploy.errors import ArtifactError, MissingDependencyError
+from richkd_deploy.runtime.engine_sidecar import (
+    RuntimeEnv,
+    ShapeProfile,
+    check_sidecar,
+    make_sidecar,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 
 BUILT = RuntimeEnv("10.3.0.26", "NVIDIA Jetson Orin", "8.7")
 PROFILE = ShapeProfile("input", (1, 3, 32, 32), (32, 3, 32, 32), (64, 3, 32, 32))
@@ -80,7 +87,7 @@ def test_other_gpu_architecture_is_refused(engine: Path) -> None:
 
 @pytest.mark.skipif(available("tensorrt"), reason="checks the error when tensorrt is absent")
 def test_load_engine_without_tensorrt_names_the_extra(engine: Path) -> None:
-    from exporters.tensorrt_runtime import load_engine
+    from richkd_deploy.runtime.tensorrt import load_engine
 
     with pytest.raises(MissingDependencyError, match=r'pip install "richkd-deploy\[trt\]"'):
         load_engine(engine)
@@ -104,9 +111,8 @@ def test_build_and_run_fp16_and_int8_engines(trained_tiny, fmnist, tmp_path: Pat
     from exporters.fp16 import convert_fp16
     from exporters.int8 import quantize_int8
     from exporters.onnx_fp32 import export_onnx
-    from exporters.parity import agreement, torch_predictor
     from exporters.tensorrt_build import build_engine
-    from richkd_deploy.evaluate.backends import TensorRTBackend
+    from richkd_deploy.runtime import TensorRTRuntime, TorchRuntime, agreement
 
     fp32 = export_onnx(trained_tiny, tmp_path / "model.onnx", (3, 32, 32), 17, {})
     xtr, _ = fmnist["train"]
@@ -114,13 +120,13 @@ def test_build_and_run_fp16_and_int8_engines(trained_tiny, fmnist, tmp_path: Pat
     sources = {"fp16": convert_fp16(fp32, tmp_path / "model.fp16.onnx"),
                "int8": quantize_int8(fp32, [xtr[:128]], tmp_path / "model.int8.onnx")}
     profile = ShapeProfile("input", (1, 3, 32, 32), (16, 3, 32, 32), (32, 3, 32, 32))
-    ref = torch_predictor(trained_tiny)(xte[:100])
+    ref = TorchRuntime(trained_tiny).predict(xte[:100])
     cache = tmp_path / "timing.cache"
     for precision, src in sources.items():
         eng, side = build_engine(src, precision, profile, tmp_path / f"model.{precision}.engine", timing_cache=cache,
                                  log=lambda _m: None)
         assert side["sha256"] and cache.is_file()
-        with TensorRTBackend(eng) as backend:
+        with TensorRTRuntime(eng) as backend:
             out = backend.predict(xte[:100])  # 100 > max batch 32: split by the backend
         assert out.shape == (100, 10)
         assert agreement(ref, out) >= (0.99 if precision == "fp16" else 0.95)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from exporters.trt_plan import ShapeProfile, parse_version, plan_build, profile_from_recipe, split_batches
+from exporters.trt_plan import ShapeProfile, parse_version, plan_build, profile_from_recipe
 from richkd_deploy.errors import MissingDependencyError, RecipeError
 from richkd_deploy.recipe import TrtConfig
+from richkd_deploy.runtime import split_batches
 
 
 @pytest.mark.parametrize("text, expected", [("10.3.0.26", (10, 3, 0)), ("11.0.0", (11, 0, 0)), ("10.13.2.post1", (10, 13, 2)),

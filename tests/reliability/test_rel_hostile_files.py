@@ -127,7 +127,7 @@ STUDENT_CASES = [  # (kind, export's message, validate's message): one reader, t
     ("code-pickle", "loading them could run code", "loading them could run code"),
     ("other-arch", "does not fit resnet8 with 10 classes", "does not fit resnet8 with 10 classes"),
     ("other-classes", "trained for 100 classes", "trained for 100 classes"),
-    ("no-recipe", "recipe.yaml: file not found", "lacks recipe"),
+    ("no-recipe", "lacks recipe", "lacks recipe"),
 ]
 
 
@@ -136,8 +136,7 @@ def test_bad_student_checkpoint(reference_run: Path, tmp_path: Path, kind: str, 
                                 validate_msg: str) -> None:
     marker = tmp_path / "pwned"
     run = _bad_student(kind, reference_run, tmp_path / "run", marker)
-    names_file = () if kind == "no-recipe" else ("student.pt",)  # export falls back to the run's recipe.yaml
-    assert_result_error(invoke("export", str(run), "--quiet"), 2, export_msg, *names_file)
+    assert_result_error(invoke("export", str(run), "--quiet"), 2, export_msg, "student.pt")
     assert_result_error(invoke("validate", str(run), "--quiet"), 2, validate_msg, "student.pt")
     assert not marker.exists()
     assert not (run / "export").exists() and not (run / "eval").exists()
@@ -254,8 +253,7 @@ class FakeTensorRT:
 
 
 def _engine_with_sidecar(folder: Path, built_with: str = "10.3.0") -> Path:
-    from exporters.engine_sidecar import RuntimeEnv, make_sidecar, write_sidecar
-    from exporters.trt_plan import ShapeProfile
+    from richkd_deploy.runtime.engine_sidecar import RuntimeEnv, ShapeProfile, make_sidecar, write_sidecar
 
     onnx = folder / "model.onnx"
     if not onnx.exists():
@@ -270,8 +268,8 @@ def _engine_with_sidecar(folder: Path, built_with: str = "10.3.0") -> Path:
 @pytest.mark.parametrize("case", ["no-sidecar", "changed-after-build", "other-tensorrt", "matching"])
 def test_engine_sidecar_is_checked_before_deserialising(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         case: str) -> None:
-    from exporters import tensorrt_runtime
-    from exporters.engine_sidecar import RuntimeEnv, sidecar_path
+    from richkd_deploy.runtime import tensorrt as tensorrt_runtime
+    from richkd_deploy.runtime.engine_sidecar import RuntimeEnv, sidecar_path
 
     fake = FakeTensorRT()
     monkeypatch.setattr(tensorrt_runtime, "require", lambda *a, **k: fake)
@@ -292,7 +290,7 @@ def test_engine_sidecar_is_checked_before_deserialising(tmp_path: Path, monkeypa
 def test_validate_refuses_a_bad_engine_without_tensorrt(exported_run: Path, tmp_path: Path, case: str) -> None:
     """tensorrt is not installed here: the sidecar check alone must refuse (exit 2), not
     leave the engine 'pending' as if it were merely unrunnable on this machine."""
-    from exporters.engine_sidecar import sidecar_path
+    from richkd_deploy.runtime.engine_sidecar import sidecar_path
 
     run = copy_run(exported_run, tmp_path / "run")
     engine = _engine_with_sidecar(tmp_path)

@@ -1,4 +1,4 @@
-"""One place that creates onnxruntime sessions, for parity checks, backends and bench.
+"""onnxruntime: the one place sessions are created, for export parity, validate and bench.
 
 Two things every caller needs and is easy to forget:
 
@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from exporters.deps import require
+import numpy as np
+
+from richkd_deploy.deps import require
 from richkd_deploy.errors import ArtifactError, MissingDependencyError
+from richkd_deploy.runtime.base import Runtime
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -89,3 +92,42 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
 def run_session(session: Any, batch: Any) -> Any:
     name = session.get_inputs()[0].name
     return session.run(None, {name: batch})[0]
+
+
+class OnnxRuntime(Runtime):
+    """onnxruntime on exactly the asked provider ("cpu", "cuda" or "tensorrt")."""
+
+    suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
+
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.provider = provider
+        self.name = f"onnxruntime-{provider}"
+        self.session = make_session(self.path, provider, threads)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        dims = list(inp.shape)
+        if len(dims) == 4 and all(isinstance(d, int) for d in dims[1:]):
+            self.input_shape = (dims[1], dims[2], dims[3])
+        if isinstance(dims[0], int) and dims[0] > 0:
+            self.max_batch = self.min_batch = dims[0]  # a fixed-batch model: feed it exactly that
+        out = self.session.get_outputs()[0].shape
+        if len(out) == 2 and isinstance(out[1], int):
+            self.num_classes = out[1]
+
+    @classmethod
+    def open(cls, path: Path, provider: str | None = None, **kwargs: Any) -> OnnxRuntime:
+        return cls(path, provider=provider or "cpu", **kwargs)
+
+    def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run(None, {self.input_name: batch})[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ArtifactError(f"{self.path.name}: onnxruntime cannot run it on images {list(batch.shape[1:])} "
+                                f"({first}); the model does not take this dataset's input, check data.input_size "
+                                "or re-export it") from None
+
+    def close(self) -> None:
+        super().close()
+        self.session = None

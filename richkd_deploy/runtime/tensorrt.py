@@ -1,6 +1,8 @@
-"""A minimal TensorRT runtime: load a sidecar-checked engine and run torch CUDA tensors.
+"""TensorRT engines: load a sidecar-checked engine and run it.
 
-Kept tiny and separate so that it is the only runtime code importing `tensorrt`.
+The only runtime code importing `tensorrt`. The sidecar is checked against this
+machine before anything is deserialised; batches smaller than the profile's minimum
+are zero-padded (the base class) and bigger ones split at its maximum.
 Buffers are torch CUDA tensors (no pycuda/cuda-python dependency); inference goes
 through the name-based tensor API and `execute_async_v3`, which TensorRT 10 and 11
 both provide.
@@ -9,19 +11,20 @@ both provide.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from exporters.deps import require
-from exporters.engine_sidecar import RuntimeEnv, check_sidecar, profile_of, verify_engine_file
-from exporters.trt_plan import ShapeProfile
+import numpy as np
+import torch
+
+from richkd_deploy.deps import require
 from richkd_deploy.errors import ArtifactError, MissingDependencyError
+from richkd_deploy.runtime.base import Runtime
+from richkd_deploy.runtime.engine_sidecar import RuntimeEnv, ShapeProfile, check_sidecar, profile_of, verify_engine_file
 
 
 def running_env() -> RuntimeEnv:
     """The TensorRT version and GPU of this process (device = torch's current one)."""
     trt = require("tensorrt", "trt")
-    import torch
-
     if not torch.cuda.is_available():
         raise MissingDependencyError("TensorRT engines need an NVIDIA GPU with a working CUDA driver and none is "
                                      "visible here (torch.cuda.is_available() is False); run on a GPU machine")
@@ -31,9 +34,6 @@ def running_env() -> RuntimeEnv:
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> Any:
-    import numpy as np
-    import torch
-
     return torch.from_numpy(np.empty(0, dtype=trt.nptype(dtype))).dtype
 
 
@@ -63,9 +63,7 @@ class TrtEngine:
         return profile_of(self.sidecar)
 
     def infer(self, batch: Any) -> Any:
-        """Logits for a CUDA tensor `[N, C, H, W]` with N inside the profile."""
-        import torch
-
+        """Logits for a tensor `[N, C, H, W]` (moved to the GPU) with N inside the profile."""
         x = batch.to(device="cuda", dtype=self.input_dtype).contiguous()
         if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
             raise ArtifactError(f"input shape {tuple(x.shape)} is outside the engine's profile "
@@ -95,3 +93,31 @@ def load_engine(engine_path: str | Path, env: RuntimeEnv | None = None) -> TrtEn
         raise ArtifactError(f"TensorRT {env.tensorrt_version} could not deserialize {engine_path}; rebuild it on "
                             "this machine with richkd-deploy export --trt --force")
     return TrtEngine(trt, runtime, engine, sidecar)
+
+
+class TensorRTRuntime(Runtime):
+    """A TensorRT engine, loaded only after its sidecar matches this machine."""
+
+    suffixes: ClassVar[tuple[str, ...]] = (".engine", ".plan")
+
+    def __init__(self, engine_path: str | Path, env: Any = None) -> None:
+        self.path = Path(engine_path)
+        self.engine = load_engine(self.path, env)
+        profile = self.engine.profile
+        self.name = f"tensorrt-{self.engine.sidecar.get('precision', '')}".rstrip("-")
+        self.max_batch = profile.max[0]
+        self.min_batch = profile.min[0]
+        self.input_shape = tuple(profile.max[1:])  # type: ignore[assignment]
+
+    @classmethod
+    def open(cls, path: Path, provider: str | None = None, **kwargs: Any) -> TensorRTRuntime:
+        if provider not in (None, "tensorrt"):
+            raise ArtifactError(f"{path.name} is a TensorRT engine; it runs only with provider 'tensorrt'")
+        return cls(path, **kwargs)
+
+    def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
+        return self.engine.infer(torch.from_numpy(batch)).float().cpu().numpy()
+
+    def close(self) -> None:
+        super().close()
+        self.engine = None

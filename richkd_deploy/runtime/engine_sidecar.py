@@ -8,24 +8,67 @@ running environment *before* any deserialisation, and says what to do on mismatc
 The engine file itself stays a plain plan, so `trtexec` and Polygraphy read it.
 
 The running environment is passed in as a `RuntimeEnv`, so this module is pure and
-its refusals are tested without TensorRT or a GPU.
+its refusals are tested without TensorRT or a GPU. The profile and version types live
+here too: the runtime reads them from the sidecar and the exporter writes them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from exporters.metadata import read_metadata
-from exporters.trt_plan import ShapeProfile, parse_version
 from richkd_deploy.errors import ArtifactError
 from richkd_deploy.manifest import now_iso
 from richkd_deploy.runs import atomic_write_json, sha256_file
 
 SIDECAR_FORMAT = "richkd-deploy/engine-sidecar/1"
 REBUILD = "rebuild it on this machine with richkd-deploy export --trt --force"
+
+
+@dataclass(frozen=True, order=True)
+class TrtVersion:
+    major: int
+    minor: int
+    patch: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+    @property
+    def strongly_typed_only(self) -> bool:
+        return self.major >= 11
+
+
+def parse_version(text: str) -> TrtVersion:
+    """'10.3.0.26', '11.0.0', '10.13.2.post1' -> TrtVersion."""
+    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(text))
+    if not m:
+        raise ValueError(f"not a TensorRT version: {text!r}")
+    return TrtVersion(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """One TensorRT optimization profile for the single image input."""
+
+    input_name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @property
+    def max_batch(self) -> int:
+        return self.max[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_name": self.input_name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShapeProfile:
+        return cls(str(d["input_name"]), tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
 
 
 @dataclass(frozen=True)
@@ -46,7 +89,10 @@ def sidecar_path(engine_path: str | Path) -> Path:
 
 
 def make_sidecar(engine_path: str | Path, source_onnx: str | Path, precision: str, profile: ShapeProfile,
-                 env: RuntimeEnv, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+                 env: RuntimeEnv, plan: dict[str, Any] | None = None,
+                 preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar of a freshly built engine; `preprocess` is the source ONNX's
+    preprocessing contract, so it travels with the engine."""
     return {
         "format": SIDECAR_FORMAT,
         "engine": Path(engine_path).name,
@@ -59,19 +105,10 @@ def make_sidecar(engine_path: str | Path, source_onnx: str | Path, precision: st
         "sha256": sha256_file(Path(engine_path)),
         "source_onnx": Path(source_onnx).name,
         "source_onnx_sha256": sha256_file(Path(source_onnx)),
-        "preprocess": _contract_of(Path(source_onnx)),  # the preprocessing contract travels with the engine
+        "preprocess": preprocess,
         "build_plan": plan,
         "created_at": now_iso(),
     }
-
-
-def _contract_of(source_onnx: Path) -> dict[str, Any] | None:
-    """The source ONNX's preprocessing contract, or None when it has none (an old export)."""
-    try:
-        contract = read_metadata(source_onnx).get("preprocess")
-    except Exception:  # noqa: BLE001 - not a readable ONNX: the sidecar still describes the engine
-        return None
-    return contract if isinstance(contract, dict) else None
 
 
 def write_sidecar(engine_path: str | Path, sidecar: dict[str, Any]) -> Path:

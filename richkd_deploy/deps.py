@@ -1,6 +1,6 @@
 """Lazy imports of optional heavy packages, with errors that name the pip extra.
 
-`import richkd_deploy`, `import exporters` and `--help` must work with only the core
+`import richkd_deploy`, `import exporters`, `import richkd_deploy.runtime` and `--help` must work with only the core
 dependencies installed; each optional package is imported inside the function that
 needs it, through `require`, so a missing one becomes a MissingDependencyError that
 tells the user what to install instead of an ImportError traceback.
@@ -20,6 +20,7 @@ _HINTS = {
     "onnxruntime": 'onnxruntime is not installed: pip install "richkd-deploy[cpu]" (or "richkd-deploy[gpu]" on an '
                    "NVIDIA machine; never both)",
     "tensorrt": TRT_MISSING,
+    "openvino": 'OpenVINO is not installed: pip install "richkd-deploy[openvino]"',
 }
 
 

@@ -1,4 +1,4 @@
-"""Backends: one predict() for torch, onnxruntime and TensorRT; artifact checks first."""
+"""Runtimes: one predict() for torch, onnxruntime and TensorRT; artifact checks first."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from exporters.deps import available
 from exporters.onnx_fp32 import export_onnx
+from richkd_deploy.deps import available
 from richkd_deploy.errors import ArtifactError, MissingDependencyError
-from richkd_deploy.evaluate.backends import (
-    Backend,
-    OnnxRuntimeBackend,
-    TensorRTBackend,
-    TorchBackend,
-    create_backend,
-)
 from richkd_deploy.manifest import artifact_entry, build_manifest, read_manifest, write_manifest
+from richkd_deploy.runtime import OnnxRuntime, Runtime, TensorRTRuntime, TorchRuntime, create_runtime
 
 
 class Net(nn.Module):
@@ -62,7 +56,7 @@ def _x(n: int) -> np.ndarray:
 
 
 def test_torch_and_onnxruntime_agree(net: nn.Module, export_dir: Path) -> None:
-    with TorchBackend(net) as tb, OnnxRuntimeBackend(export_dir / "model.onnx") as ob:
+    with TorchRuntime(net) as tb, OnnxRuntime(export_dir / "model.onnx") as ob:
         assert tb.name == "torch" and ob.name == "onnxruntime-cpu"
         assert ob.input_shape == (3, 8, 8) and ob.num_classes == 5
         for n in (1, 7, 64):
@@ -78,21 +72,21 @@ def test_torch_backend_from_student_checkpoint(tmp_path: Path) -> None:
     model = models.create_model("resnet8", num_classes=10)
     path = tmp_path / "student.pt"
     torch.save({"format": "richkd-deploy/student/1", "model": model.state_dict(), "arch": "resnet8", "num_classes": 10,
-                "input_size": 32, "channels": 3}, path)
-    backend = create_backend(path)
-    assert isinstance(backend, TorchBackend) and backend.input_shape == (3, 32, 32)
+                "input_size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}, path)
+    backend = create_runtime(path)
+    assert isinstance(backend, TorchRuntime) and backend.input_shape == (3, 32, 32)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ref = models.export_view(model.eval())(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(backend.predict(x), ref, atol=1e-5)
     torch.save({"model": model.state_dict()}, tmp_path / "bare.pt")  # mdistiller style: needs arch
     with pytest.raises(Exception, match="architecture"):
-        create_backend(tmp_path / "bare.pt")
-    assert create_backend(tmp_path / "bare.pt", arch="resnet8").num_classes == 10
+        create_runtime(tmp_path / "bare.pt")
+    assert create_runtime(tmp_path / "bare.pt", arch="resnet8").num_classes == 10
 
 
 def test_input_checks(net: nn.Module, export_dir: Path) -> None:
-    b = OnnxRuntimeBackend(export_dir / "model.onnx")
+    b = OnnxRuntime(export_dir / "model.onnx")
     with pytest.raises(ArtifactError, match=r"images are \[3, 16, 16\] but the model takes \[3, 8, 8\]"):
         b.predict(np.zeros((1, 3, 16, 16), np.float32))
     with pytest.raises(ArtifactError, match="float32 batch"):
@@ -104,29 +98,29 @@ def test_input_checks(net: nn.Module, export_dir: Path) -> None:
 def test_large_batches_are_split_and_small_ones_padded(net: nn.Module) -> None:
     seen: list[int] = []
 
-    class Limited(Backend):
+    class Limited(Runtime):
         name = "limited"
         max_batch = 4
         min_batch = 2
 
         def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
             seen.append(len(batch))
-            return TorchBackend(net).predict(batch)
+            return TorchRuntime(net).predict(batch)
 
     out = Limited().predict(_x(11))
     assert seen == [4, 4, 3] and out.shape == (11, 5)
-    np.testing.assert_allclose(out, TorchBackend(net).predict(_x(11)), atol=1e-6)
+    np.testing.assert_allclose(out, TorchRuntime(net).predict(_x(11)), atol=1e-6)
     seen.clear()
     assert Limited().predict(_x(1)).shape == (1, 5) and seen == [2]
 
 
-def test_create_backend_picks_by_suffix(export_dir: Path, tmp_path: Path) -> None:
-    assert isinstance(create_backend(export_dir / "model.onnx"), OnnxRuntimeBackend)
+def test_create_runtime_picks_by_suffix(export_dir: Path, tmp_path: Path) -> None:
+    assert isinstance(create_runtime(export_dir / "model.onnx"), OnnxRuntime)
     (tmp_path / "model.tflite").write_bytes(b"x")
     with pytest.raises(ArtifactError, match="cannot tell how to run"):
-        create_backend(tmp_path / "model.tflite")
+        create_runtime(tmp_path / "model.tflite")
     with pytest.raises(ArtifactError, match="does not exist"):
-        create_backend(tmp_path / "missing.onnx")
+        create_runtime(tmp_path / "missing.onnx")
 
 
 def test_tampered_artifact_is_refused(export_dir: Path) -> None:
@@ -136,8 +130,8 @@ def test_tampered_artifact_is_refused(export_dir: Path) -> None:
     path.write_bytes(bytes(data))
     for manifest in (None, export_dir.parent / "export", read_manifest(export_dir)):  # auto, path, object
         with pytest.raises(ArtifactError, match="changed since export"):
-            create_backend(path, manifest=manifest)
-    create_backend(path, manifest=False)  # explicit opt-out still loads (the file is still valid ONNX)
+            create_runtime(path, manifest=manifest)
+    create_runtime(path, manifest=False)  # explicit opt-out still loads (the file is still valid ONNX)
 
 
 def test_asking_for_cuda_on_a_cpu_onnxruntime_is_a_clear_error(export_dir: Path) -> None:
@@ -146,9 +140,9 @@ def test_asking_for_cuda_on_a_cpu_onnxruntime_is_a_clear_error(export_dir: Path)
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(MissingDependencyError, match=r"has no CUDAExecutionProvider: .*richkd-deploy\[gpu\]"):
-        create_backend(export_dir / "model.onnx", provider="cuda")
+        create_runtime(export_dir / "model.onnx", provider="cuda")
     with pytest.raises(ArtifactError, match="unknown onnxruntime provider"):
-        OnnxRuntimeBackend(export_dir / "model.onnx", provider="rocm")
+        OnnxRuntime(export_dir / "model.onnx", provider="rocm")
 
 
 def test_silent_provider_fallback_is_detected(export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,13 +157,12 @@ def test_silent_provider_fallback_is_detected(export_dir: Path, monkeypatch: pyt
 
     monkeypatch.setattr(ort, "InferenceSession", fallback)
     with pytest.raises(MissingDependencyError, match="could not start CUDAExecutionProvider .*fell back to CPUExecutionProvider"):
-        OnnxRuntimeBackend(export_dir / "model.onnx", provider="cuda")
+        OnnxRuntime(export_dir / "model.onnx", provider="cuda")
 
 
 @pytest.mark.skipif(available("tensorrt"), reason="checks the error when tensorrt is absent")
 def test_tensorrt_backend_without_tensorrt(tmp_path: Path) -> None:
-    from exporters.engine_sidecar import RuntimeEnv, make_sidecar, write_sidecar
-    from exporters.trt_plan import ShapeProfile
+    from richkd_deploy.runtime.engine_sidecar import RuntimeEnv, ShapeProfile, make_sidecar, write_sidecar
 
     engine = tmp_path / "model.fp16.engine"
     engine.write_bytes(b"plan")
@@ -179,7 +172,7 @@ def test_tensorrt_backend_without_tensorrt(tmp_path: Path) -> None:
     # sidecar or a changed engine is refused first, without TensorRT)
     write_sidecar(engine, make_sidecar(engine, tmp_path / "model.onnx", "fp16", profile, RuntimeEnv("10.3.0", "GPU", "8.9")))
     with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
-        create_backend(engine)
+        create_runtime(engine)
     with pytest.raises(ArtifactError, match="provider 'tensorrt'"):
-        create_backend(engine, provider="cpu")
-    assert TensorRTBackend  # imported without tensorrt
+        create_runtime(engine, provider="cpu")
+    assert TensorRTRuntime  # imported without tensorrt

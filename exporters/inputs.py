@@ -1,0 +1,53 @@
+"""What the export runs its artifacts on: test images (parity and accuracy) and
+calibration images (INT8), as float32 arrays made by the same code validate uses
+(`richkd_deploy.runtime.predictions.eval_arrays`), so both commands see the same pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from richkd_deploy import data
+from richkd_deploy.data.for_recipe import build_eval_datasets
+from richkd_deploy.recipe import Recipe
+from richkd_deploy.runtime.predictions import EVAL_BATCH, eval_arrays
+
+
+@dataclass
+class ExportData:
+    """Test images and labels, calibration images (all float32 NCHW, normalised)."""
+
+    test_x: np.ndarray
+    test_y: np.ndarray
+    calibration_x: np.ndarray
+    dataset: str = ""
+    batch_size: int = EVAL_BATCH  # validate's batch size: the same calls, the same numbers
+    test_dataset: Any = None  # the raw test split, for golden.npz's uint8 images
+
+
+def array_batches(x: np.ndarray, batch_size: int = EVAL_BATCH, limit: int | None = None) -> Iterator[np.ndarray]:
+    """Consecutive float32 batches of the first `limit` rows of `x`."""
+    n = len(x) if limit is None else min(len(x), int(limit))
+    for i in range(0, n, batch_size):
+        yield x[i:min(i + batch_size, n)]
+
+
+def progress(iterable: Iterable[Any], total: int, desc: str, quiet: bool) -> Iterable[Any]:
+    if quiet:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+
+
+def build_export_data(recipe: Recipe, meta: dict[str, Any]) -> ExportData:
+    """Test set (for parity and accuracy) and calibration images (from the training
+    split, never the test or held-out images), with the student's own normalisation."""
+    ds = build_eval_datasets(recipe)
+    size, mean, std = int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"])
+    test_x, test_y = eval_arrays(ds.test, size, mean, std)
+    calibration = data.limit_dataset(ds.train, recipe.export.calibration_images, recipe.seed)
+    calibration_x, _ = eval_arrays(calibration, size, mean, std)
+    return ExportData(test_x, test_y, calibration_x, ds.dataset, recipe.validate.batch_size, ds.test)

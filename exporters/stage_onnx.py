@@ -1,0 +1,157 @@
+"""The ONNX stage of `richkd-deploy export`: FP32, then INT8 (Q/DQ) and FP16 from it.
+
+Each artifact is written into the staging folder, run through `richkd_deploy.runtime`
+on the test images (the same runtimes and prediction code as validate, so the two
+commands report the same top-1 and agreement), recorded in a manifest entry, and
+committed together with the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters import formats as F
+from exporters.commit import commit
+from exporters.fp16 import convert_fp16
+from exporters.golden import export_golden
+from exporters.inputs import ExportData, array_batches, progress
+from exporters.int8 import QUANT_SETTINGS, quantize_int8
+from exporters.metadata import build_metadata
+from exporters.onnx_fp32 import INPUT_NAME, OUTPUT_NAME, export_onnx
+from exporters.parity import ParityResult, check_parity
+from richkd_deploy.manifest import Manifest, artifact_entry, build_manifest
+from richkd_deploy.recipe import ExportConfig
+from richkd_deploy.runtime import TorchRuntime, agreement, create_runtime, predict_all, top1
+from richkd_deploy.student import Student
+
+Log = Callable[[str], None]
+
+
+def write_onnx_artifacts(student: Student, data: ExportData, staging: Path, cfg: ExportConfig,
+                         log: Log) -> dict[str, Path]:
+    """model.onnx, then the reduced-precision graphs derived from it; {precision: path}."""
+    fp32 = F.get_format("onnx")
+    meta = build_metadata(student.payload, cfg.opset, INPUT_NAME, OUTPUT_NAME)
+    log(f"[export] {fp32.file}: exporting {student.payload.get('arch', type(student.view).__name__)} "
+        f"(opset {cfg.opset}, input {list(student.input_shape)}, dynamic batch)")
+    export_onnx(student.view, staging / fp32.file, student.input_shape, cfg.opset, meta)
+    paths = {"fp32": staging / fp32.file}
+    n_cal = min(cfg.calibration_images, len(data.calibration_x))
+    for fmt in F.onnx_formats(cfg.precisions):
+        if fmt.precision == "int8":
+            log(f"[export] {fmt.file}: Q/DQ int8 (symmetric, per-channel), calibrating on {n_cal} training images")
+            quantize_int8(paths["fp32"], array_batches(data.calibration_x, 64, cfg.calibration_images),
+                          staging / fmt.file)
+            paths["int8"] = staging / fmt.file
+        elif fmt.precision == "fp16":
+            log(f"[export] {fmt.file}: FP16 weights and activations, FP32 inputs/outputs")
+            convert_fp16(paths["fp32"], staging / fmt.file)
+            paths["fp16"] = staging / fmt.file
+    return paths
+
+
+def parity_fp32(reference: TorchRuntime, data: ExportData, onnx_path: Path, cfg: ExportConfig,
+                log: Log) -> ParityResult:
+    """model.onnx against PyTorch on the first `parity_images` test images; raises when outside tolerance."""
+    with create_runtime(onnx_path, "cpu", manifest=False) as candidate:
+        result = check_parity(reference.predict, candidate.predict,
+                              array_batches(data.test_x, data.batch_size, cfg.parity_images),
+                              cfg.parity_atol, cfg.parity_min_agreement, what=onnx_path.name)
+    log(f"[export] {onnx_path.name}: max |logit diff| vs PyTorch {result.max_abs_diff:.2e}, "
+        f"top-1 agreement {result.top1_agreement:.4f} on {result.n} test images")
+    return result
+
+
+def evaluate_artifacts(paths: dict[str, Path], data: ExportData, quiet: bool,
+                       log: Log) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Test-set logits of every ONNX artifact onnxruntime can run on the CPU, and the
+    reason for each one it cannot (e.g. an FP16 op without a CPU kernel: recorded, not fatal)."""
+    logits: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
+    for precision, path in progress(paths.items(), len(paths), "export: test set", quiet):
+        try:
+            with create_runtime(path, "cpu", manifest=False) as rt:
+                logits[precision] = predict_all(rt, data.test_x, data.batch_size, finite=False)
+        except Exception as exc:  # noqa: BLE001 - whatever the runtime raises: record, don't fail
+            skipped[precision] = f"not run: {str(exc).splitlines()[0]}"
+            log(f"[export] {path.name}: onnxruntime CPU cannot run it ({skipped[precision]})")
+    return logits, skipped
+
+
+def accuracy_entry(logits: np.ndarray, data: ExportData, student_logits: np.ndarray) -> dict[str, Any]:
+    """Test top-1 and agreement with the torch student: the figures validate reports for the same file."""
+    return {"top1": top1(logits, data.test_y), "n": int(len(data.test_y)), "split": "test",
+            "dataset": data.dataset, "agreement_with_student": agreement(student_logits, logits)}
+
+
+def reduced_parity(precision: str, file: str, ref: np.ndarray, got: np.ndarray, data: ExportData,
+                   log: Log) -> dict[str, Any]:
+    """An INT8/FP16 artifact against model.onnx on the whole test set."""
+    diff = np.abs(ref.astype(np.float64) - got)
+    parity = {"reference": F.get_format("onnx").file, "max_abs_diff": float(diff.max(initial=0.0)),
+              "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+              "top1_agreement": agreement(ref, got), "n": int(len(ref))}
+    if precision == "int8":
+        acc8, acc32 = top1(got, data.test_y), top1(ref, data.test_y)
+        log(f"[export] {file}: top-1 {acc8:.4f} vs FP32 {acc32:.4f} ({(acc8 - acc32) * 100:+.2f} points), "
+            f"agreement with FP32 {parity['top1_agreement']:.4f}")
+    else:
+        log(f"[export] {file}: max |logit diff| vs FP32 {parity['max_abs_diff']:.2e}, "
+            f"agreement {parity['top1_agreement']:.4f}")
+    return parity
+
+
+def tool_device(device: str) -> dict[str, Any]:
+    return {"export": device, "machine": platform.machine(), "processor": platform.processor() or None,
+            "cpu_count": os.cpu_count(), "gpu": None}
+
+
+def export_onnx_stage(student: Student, data: ExportData, export_dir: Path, staging: Path, cfg: ExportConfig,
+                      device: str, quiet: bool, log: Log, recipe_hash: str | None = None) -> Manifest:
+    """Write, check and commit the ONNX artifacts and the manifest."""
+    reference = TorchRuntime(student.view, device)
+    paths = write_onnx_artifacts(student, data, staging, cfg, log)
+    parity32 = parity_fp32(reference, data, paths["fp32"], cfg, log)
+    student_logits = predict_all(reference, data.test_x, data.batch_size, finite=False)
+    logits, skipped = evaluate_artifacts(paths, data, quiet, log)
+    entries: list[dict[str, Any]] = []
+    for fmt in F.onnx_formats(cfg.precisions):
+        precision, extra = fmt.precision, {}
+        accuracy = accuracy_entry(logits[precision], data, student_logits) if precision in logits else None
+        if precision == "fp32":
+            parity: dict[str, Any] = {**parity32.to_dict(), "reference": "pytorch"}
+            if accuracy:
+                log(f"[export] {fmt.file}: test top-1 {accuracy['top1']:.4f} on {accuracy['n']} images")
+        elif precision not in logits:
+            parity = {"status": skipped.get(precision, "not run")}
+        else:
+            parity = reduced_parity(precision, fmt.file, logits["fp32"], logits[precision], data, log)
+        if precision == "int8":
+            extra["quantization"] = {**QUANT_SETTINGS, "calibration_split": "train",
+                                     "calibration_images": min(cfg.calibration_images, len(data.calibration_x))}
+        entries.append(artifact_entry(staging, fmt.file, fmt.kind, precision,
+                                      source=F.get_format(fmt.source).file if fmt.source else None,
+                                      parity=parity, accuracy=accuracy, extra=extra))
+    if data.test_dataset is not None and (
+            golden := export_golden(staging, data.test_dataset, student.payload, paths, student.view, log)):
+        entries.append(artifact_entry(staging, golden, "golden", "fp32", source=F.get_format("onnx").file))
+
+    def make(entries_: list[dict[str, Any]]) -> Manifest:
+        meta = student.payload
+        return build_manifest(
+            export_dir, entries_, opset=cfg.opset, recipe_hash=recipe_hash or meta.get("recipe_hash"),
+            device=tool_device(device),
+            extra={"input": {"name": INPUT_NAME, "shape": ["batch", *student.input_shape], "dtype": "float32"},
+                   "output": {"name": OUTPUT_NAME, "shape": ["batch", len(meta.get("classes", []))]},
+                   "arch": meta.get("arch"), "classes": list(meta.get("classes", [])),
+                   "student_sha256": student.sha256, "dataset": data.dataset})
+
+    manifest = commit(export_dir, staging, entries, make)
+    log(f"[export] wrote {manifest.path} ({len(entries)} artifacts)")
+    return manifest
