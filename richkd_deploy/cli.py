@@ -55,8 +55,10 @@ def recipe() -> None:
 def recipe_check(file: str, overrides: tuple[str, ...]) -> None:
     """Validate FILE and print the resolved recipe."""
     from richkd_deploy import recipe as recipe_mod
+    from richkd_deploy.models.for_recipe import check_architectures
 
     r = recipe_mod.load(file, overrides)
+    check_architectures(r)
     click.echo(r.to_yaml(), nl=False)
     click.echo(f"# ok: {file} (hash {r.hash()[:12]})", err=True)
 
@@ -74,8 +76,10 @@ def train(recipe_file: str, overrides: tuple[str, ...], run_dir: str | None, res
           quiet: bool) -> None:
     """Train the teacher (if needed) and distil the student described by RECIPE."""
     from richkd_deploy import recipe as recipe_mod
+    from richkd_deploy.models.for_recipe import check_architectures
 
     r = recipe_mod.load(recipe_file, overrides)  # validate before launching anything
+    check_architectures(r)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "richkd_deploy", "train", recipe_file, *sum((["-o", o] for o in overrides), [])]

@@ -393,23 +393,11 @@ def _apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _check_architectures(recipe: Recipe) -> None:
-    from richkd_deploy.models.registry import list_models, resolve_name
-
-    for key in ("teacher", "student"):
-        arch = getattr(recipe, key).arch
-        try:
-            resolve_name(arch)
-        except RecipeError:
-            close = difflib.get_close_matches(arch, list_models(), n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise RecipeError(f"{key}.arch: unknown architecture {arch!r}; {hint}see richkd-deploy models") from None
-
-
 def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
     """Rules that involve more than one key. `check_files=False` skips the checks that
-    input files still exist (a finished run's recipe, read back by export/validate)."""
-    _check_architectures(recipe)
+    input files still exist (a finished run's recipe, read back by export/validate).
+    Architecture names are checked where models are built (`models.for_recipe`), so
+    this module imports nothing above it."""
     if recipe.needs_clip and recipe.clip.pretrained.lower() == "none" and not recipe.clip.allow_random:
         raise RecipeError(
             "clip.pretrained: 'none' means random CLIP weights, which teach nothing; "
