@@ -3,6 +3,7 @@ shared by the target cache build and the zero-shot check."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from richkd_deploy.clip.loader import LoadedClip
 from richkd_deploy.precision import autocast
 
 
-def clip_autocast(device: torch.device):
+def clip_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """CLIP runs in float16 on CUDA (its cache was always built that way), float32 elsewhere."""
     return autocast(device, device.type == "cuda", dtype=torch.float16)
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,13 +35,14 @@ from tqdm import tqdm
 
 from richkd_deploy import faults
 from richkd_deploy.errors import RichKDError
+from richkd_deploy.models import save_checkpoint
 from richkd_deploy.recipe import OptimConfig
-from richkd_deploy.runs import atomic_write
 from richkd_deploy.train import devices, rng
 from richkd_deploy.train.context import TrainContext
 from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
 from richkd_deploy.train.metrics import MetricsWriter
+from richkd_deploy.train.stage import Compute, Stage
 from richkd_deploy.train.state import (  # noqa: F401 - re-exported: the loop's public face
     STATE_FORMAT,
     StageState,
@@ -54,50 +53,11 @@ from richkd_deploy.train.state import (  # noqa: F401 - re-exported: the loop's 
 from richkd_deploy.train.state import check_world_size as _check_world_size  # noqa: F401
 from richkd_deploy.train.stop import StopRequest
 
-Compute = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
 
 class TrainingInterrupted(RichKDError):
     """Ctrl-C: a checkpoint was saved; the message says how to resume."""
 
     exit_code = 130
-
-
-@dataclass
-class Stage:
-    """What one stage trains: `module` is checkpointed (the teacher network, or the
-    distiller holding student + embeddings + memory bank), `classifier` is evaluated,
-    `compute` gives (logits, weighted loss terms) for a batch. Under DDP `compute` must
-    be an nn.Module holding every trained parameter: it is what DDP wraps."""
-
-    name: str
-    module: nn.Module
-    classifier: nn.Module
-    compute: Compute
-    term_names: Sequence[str]
-    parameters: list[nn.Parameter]
-    folder: Path  # holds checkpoints/ and metrics.csv
-    epochs: int
-    lr: float
-    metrics_comments: Sequence[str] = ()
-    checkpoint_meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def last(self) -> Path:
-        return self.folder / "checkpoints" / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.folder / "checkpoints" / "best.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.folder / "metrics.csv"
-
-
-def save_torch(obj: Any, path: Path) -> None:
-    """torch.save through the atomic writer: the previous file survives any failure."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 @torch.no_grad()
@@ -217,7 +177,7 @@ class _StageRun:
         except KeyboardInterrupt:
             bar.close()
             if ctx.dist.is_main:
-                save_torch(state.payload(stage, epoch, run.step, rng.capture(stage.module)), stage.last)
+                save_checkpoint(state.payload(stage, epoch, run.step, rng.capture(stage.module)), stage.last)
             raise TrainingInterrupted(f"interrupted at {stage.name} epoch {epoch + 1}, batch {run.step}; checkpoint "
                                       f"saved to {stage.last}; continue with --resume") from None
         bar.close()
@@ -285,9 +245,9 @@ class _StageRun:
         state.best_acc = max(state.best_acc, test_acc)
         if dist.is_main:
             self.metrics.write(state.history)
-            save_torch(state.payload(stage, epoch + 1, 0, None), stage.last)
+            save_checkpoint(state.payload(stage, epoch + 1, 0, None), stage.last)
             if improved:
-                save_torch({"format": "richkd-deploy/best/1", "model": _classifier_state(stage.classifier),
+                save_checkpoint({"format": "richkd-deploy/best/1", "model": _classifier_state(stage.classifier),
                             "epoch": epoch + 1, "test_acc": test_acc, **stage.checkpoint_meta}, stage.best)
         terms_txt = " ".join(f"{k}={row[k]:.4f}" for k in stage.term_names)
         self.ctx.log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss={row['train_loss']:.4f} {terms_txt} "

@@ -34,7 +34,7 @@ from richkd_deploy.train import devices, rng
 from richkd_deploy.train.context import TrainContext
 from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
-from richkd_deploy.train.loop import Stage, evaluate, fit, save_torch, scaled_lr
+from richkd_deploy.train.loop import Stage, evaluate, fit, scaled_lr
 
 TEACHER_FORMAT = "richkd-deploy/teacher/1"
 CHECKPOINT_CACHE = Path.home() / ".cache" / "richkd-deploy" / "checkpoints"
@@ -128,7 +128,7 @@ def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext) 
                       checkpoint_meta={"arch": recipe.teacher.arch, "num_classes": len(ds.classes)})
         fit(stage, recipe.optim, ctx, ds.train, test_loader)
         if dist.is_main:
-            save_torch({"format": TEACHER_FORMAT, "model": teacher.state_dict(), "arch": recipe.teacher.arch,
+            models.save_checkpoint({"format": TEACHER_FORMAT, "model": teacher.state_dict(), "arch": recipe.teacher.arch,
                         "num_classes": len(ds.classes), "classes": ds.classes}, run.teacher)
         dist.barrier()
         if not dist.is_main:  # DDP kept the weights equal, not the BatchNorm statistics: take rank 0's
@@ -216,7 +216,7 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
         final = student_stage(recipe, run, ds, ctx, teacher, clip_targets, comments)
         student = final.pop("student")
         if dist.is_main:
-            save_torch(student_payload(recipe, student, ds, clip_random, teacher_source, final), run.student)
+            models.save_checkpoint(student_payload(recipe, student, ds, clip_random, teacher_source, final), run.student)
             log(f"student: {run.student} (test top-1 {final.get('test_acc', float('nan')):.4f})")
         dist.barrier()
     dist.close()

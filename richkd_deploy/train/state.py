@@ -9,7 +9,7 @@ uninterrupted one on the CPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,9 +18,7 @@ from richkd_deploy.errors import CheckpointError
 from richkd_deploy.recipe import OptimConfig
 from richkd_deploy.train import devices
 from richkd_deploy.train.log import RunLog
-
-if TYPE_CHECKING:  # the Stage dataclass lives in loop.py, which imports this module
-    from richkd_deploy.train.loop import Stage
+from richkd_deploy.train.stage import Stage
 
 STATE_FORMAT = "richkd-deploy/train-state/1"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from clip_fakes import MEAN, STD, FakeDataset
 
 from richkd_deploy.clip.cache import (
     FEATURES_FILE,
@@ -23,6 +22,7 @@ from richkd_deploy.clip.prompts import ZeroShotHead, build_class_embeddings
 from richkd_deploy.clip.targets import prepare_clip_targets
 from richkd_deploy.recipe import from_dict
 from richkd_deploy.runs import RunDir
+from tests.fakes import MEAN, STD, FakeDataset
 
 
 def make_recipe(**clip):
