@@ -122,6 +122,9 @@ class OptimConfig:
     sync_bn: bool = False
     channels_last: bool = False
     compile: bool = False
+    # Which epoch student.pt holds: "best" by top-1 on the holdout split (never the test
+    # set), "last", or "auto" (best when data.holdout_fraction > 0, else last).
+    select: Literal["auto", "best", "last"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -402,6 +405,9 @@ def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
         raise RecipeError(
             "clip.pretrained: 'none' means random CLIP weights, which teach nothing; "
             "set clip.allow_random: true to run anyway (for tests), or give a hub tag or a local checkpoint")
+    if recipe.optim.select == "best" and recipe.data.holdout_fraction == 0:
+        raise RecipeError("optim.select: best picks the epoch by holdout top-1, and data.holdout_fraction is 0; "
+                          "set data.holdout_fraction > 0 or optim.select: last")
     t = recipe.export.trt
     if not t.min_batch <= t.opt_batch <= t.max_batch:
         raise RecipeError(f"export.trt: need min_batch <= opt_batch <= max_batch, got {t.min_batch}, {t.opt_batch}, {t.max_batch}")

@@ -128,9 +128,10 @@ class _Epoch:
 class _StageRun:
     """One call of `fit`: the stage, its state, the (wrapped) step and where rows go."""
 
-    def __init__(self, stage: Stage, cfg: OptimConfig, ctx: TrainContext, train_ds: Any, test_loader: Any) -> None:
+    def __init__(self, stage: Stage, cfg: OptimConfig, ctx: TrainContext, train_ds: Any, test_loader: Any,
+                 holdout_loader: Any | None = None) -> None:
         self.stage, self.cfg, self.ctx = stage, cfg, ctx
-        self.train_ds, self.test_loader = train_ds, test_loader
+        self.train_ds, self.test_loader, self.holdout_loader = train_ds, test_loader, holdout_loader
         self.state = StageState(stage, cfg, ctx.device, ctx.dist.world_size)
         if ctx.resume and stage.last.exists():
             self.state.restore(stage, cfg, ctx.log)
@@ -138,6 +139,8 @@ class _StageRun:
         net = _wrap_for_ddp(stage, cfg, ctx.device, ctx.dist, ctx.log)  # after the load: DDP starts from rank 0
         self.net = _compiled(stage, net, cfg, ctx.log)
         columns = ["epoch", "lr", "train_loss", "train_acc", *stage.term_names, "test_loss", "test_acc", "seconds"]
+        if holdout_loader is not None:
+            columns += ["holdout_loss", "holdout_acc", "best_epoch"]
         self.metrics = MetricsWriter(stage.metrics, columns, stage.metrics_comments)
 
     def loader(self, seed: int) -> Any:
@@ -239,28 +242,62 @@ class _StageRun:
         row = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"],
                "train_loss": stats[0] / seen_all, "train_acc": stats[-2] / seen_all,
                **{name: stats[1 + i] / seen_all for i, name in enumerate(stage.term_names)},
-               "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - t0}
+               "test_loss": test_loss, "test_acc": test_acc}
+        improved = self._select(epoch, row)
+        row["seconds"] = time.perf_counter() - t0
         state.history.append(row)
-        improved = test_acc > state.best_acc
-        state.best_acc = max(state.best_acc, test_acc)
-        if dist.is_main:
+        if dist.is_main:  # best.pt before last.pt: a kill between them redoes the epoch, and the same choice
             self.metrics.write(state.history)
-            save_checkpoint(state.payload(stage, epoch + 1, 0, None), stage.last)
             if improved:
                 save_checkpoint({"format": "richkd-deploy/best/1", "model": _classifier_state(stage.classifier),
-                            "epoch": epoch + 1, "test_acc": test_acc, **stage.checkpoint_meta}, stage.best)
-        terms_txt = " ".join(f"{k}={row[k]:.4f}" for k in stage.term_names)
-        self.ctx.log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss={row['train_loss']:.4f} {terms_txt} "
-                     f"train_acc={row['train_acc']:.4f} test_acc={test_acc:.4f} ({row['seconds']:.1f}s)")
+                                 "epoch": epoch + 1, "test_acc": test_acc, "holdout_acc": row.get("holdout_acc"),
+                                 **stage.checkpoint_meta}, stage.best)
+            save_checkpoint(state.payload(stage, epoch + 1, 0, None), stage.last)
+        self._log_row(row)
         if not math.isfinite(row["train_loss"]):
             raise RichKDError(f"[{stage.name}] training diverged; lower optim.lr")
         return row
 
+    def _select(self, epoch: int, row: dict[str, Any]) -> bool:
+        """Score the epoch on the holdout split (never the test set) and say whether it
+        becomes best.pt. Without a holdout split there is nothing to select on: best.pt
+        follows the last epoch."""
+        state = self.state
+        if self.holdout_loader is None:
+            state.best_epoch = epoch + 1
+            return True
+        row["holdout_loss"], row["holdout_acc"] = self._evaluate(self.holdout_loader)
+        improved = row["holdout_acc"] > state.best_acc  # a tie keeps the earlier epoch
+        if improved:
+            state.best_acc, state.best_epoch = row["holdout_acc"], epoch + 1
+        row["best_epoch"] = state.best_epoch
+        return improved
 
-def fit(stage: Stage, cfg: OptimConfig, ctx: TrainContext, train_ds: Any, test_loader: Any) -> dict[str, Any]:
-    """Train `stage` for its epochs (from its `last.pt` when `ctx.resume`) and return
-    the final metrics row."""
-    run = _StageRun(stage, cfg, ctx, train_ds, test_loader)
+    def _log_row(self, row: dict[str, Any]) -> None:
+        stage = self.stage
+        terms_txt = " ".join(f"{k}={row[k]:.4f}" for k in stage.term_names)
+        holdout = (f" holdout_acc={row['holdout_acc']:.4f} (best epoch {row['best_epoch']}: "
+                   f"{self.state.best_acc:.4f})" if "holdout_acc" in row else "")
+        self.ctx.log(f"[{stage.name}] epoch {row['epoch']}/{stage.epochs} loss={row['train_loss']:.4f} {terms_txt} "
+                     f"train_acc={row['train_acc']:.4f} test_acc={row['test_acc']:.4f}{holdout} "
+                     f"({row['seconds']:.1f}s)")
+
+
+@dataclass
+class FitResult:
+    """How a stage ended: the last epoch's metrics row, and the row of the epoch best.pt
+    holds (the best holdout top-1; the last epoch when there is no holdout split)."""
+
+    last: dict[str, Any]
+    best: dict[str, Any]
+    selected_on_holdout: bool
+
+
+def fit(stage: Stage, cfg: OptimConfig, ctx: TrainContext, train_ds: Any, test_loader: Any,
+        holdout_loader: Any | None = None) -> FitResult:
+    """Train `stage` for its epochs (from its `last.pt` when `ctx.resume`). With a
+    `holdout_loader`, every epoch is also scored on it and best.pt keeps the best one."""
+    run = _StageRun(stage, cfg, ctx, train_ds, test_loader, holdout_loader)
     row: dict[str, Any] = run.state.history[-1] if run.state.history else {}
     with StopRequest(ctx.dist) as stop:
         for epoch in range(run.state.epoch, stage.epochs):
@@ -271,7 +308,9 @@ def fit(stage: Stage, cfg: OptimConfig, ctx: TrainContext, train_ds: Any, test_l
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted after {stage.name} epoch {stage.epochs}; checkpoint saved to "
                                       f"{stage.last}; continue with --resume") from None
-    return row
+    history, best_epoch = run.state.history, run.state.best_epoch
+    best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else row
+    return FitResult(last=row, best=best, selected_on_holdout=holdout_loader is not None)
 
 
 def _rank_seed(seed: int, rank: int) -> int:

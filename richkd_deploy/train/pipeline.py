@@ -25,7 +25,7 @@ from richkd_deploy import recipe as recipe_mod
 from richkd_deploy.clip import prepare_clip_targets
 from richkd_deploy.data.for_recipe import RecipeDatasets as Datasets
 from richkd_deploy.data.for_recipe import build_recipe_datasets
-from richkd_deploy.errors import RunError
+from richkd_deploy.errors import CheckpointError, RunError
 from richkd_deploy.models.checkpoint import STUDENT_FORMAT
 from richkd_deploy.models.for_recipe import check_architectures
 from richkd_deploy.recipe import Recipe
@@ -34,7 +34,7 @@ from richkd_deploy.train import devices, rng
 from richkd_deploy.train.context import TrainContext
 from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
-from richkd_deploy.train.loop import Stage, evaluate, fit, scaled_lr
+from richkd_deploy.train.loop import FitResult, Stage, evaluate, fit, scaled_lr
 
 TEACHER_FORMAT = "richkd-deploy/teacher/1"
 CHECKPOINT_CACHE = Path.home() / ".cache" / "richkd-deploy" / "checkpoints"
@@ -144,7 +144,7 @@ def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext) 
 
 
 def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, teacher: nn.Module | None,
-                  clip_targets: Any, comments: list[str]) -> dict[str, Any]:
+                  clip_targets: Any, comments: list[str]) -> tuple[FitResult, nn.Module]:
     device, dist = ctx.device, ctx.dist
     # Seeded here, not by whatever ran before: building or reusing the CLIP cache (rank 0 builds,
     # the others reuse) draws different amounts of randomness, and the initial student (and
@@ -161,7 +161,39 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, 
                   parameters=list(distiller.trainable_parameters()), folder=run.root, epochs=recipe.optim.epochs,
                   lr=recipe.optim.lr, metrics_comments=comments,
                   checkpoint_meta={"arch": recipe.student.arch, "num_classes": len(ds.classes)})
-    return fit(stage, recipe.optim, ctx, ds.train, _loader(ds.test, recipe)) | {"student": student}
+    holdout = _loader(ds.holdout, recipe) if ds.holdout is not None and len(ds.holdout) else None
+    return fit(stage, recipe.optim, ctx, ds.train, _loader(ds.test, recipe), holdout), student
+
+
+def select_student(recipe: Recipe, run: RunDir, result: FitResult, student: nn.Module,
+                   log: RunLog) -> dict[str, Any]:
+    """Put the epoch `optim.select` chooses into `student` (rank 0) and return what
+    student.pt records about it: the chosen epoch's row and the last one's."""
+    select = recipe.optim.select
+    if select == "auto":
+        select = "best" if result.selected_on_holdout else "last"
+    if select == "best" and not result.selected_on_holdout:
+        log.warn("optim.select: best, but the holdout split is empty: student.pt holds the last epoch")
+        select = "last"
+    last, best = result.last, result.best
+    chosen = best if select == "best" else last
+    if select == "best" and best.get("epoch") != last.get("epoch"):
+        saved = models.load_checkpoint(run.best)
+        if saved.get("epoch") != best.get("epoch"):
+            raise CheckpointError(f"{run.best} holds epoch {saved.get('epoch')}, the run's best holdout epoch is "
+                                  f"{best.get('epoch')}; retrain with --force")
+        models.load_state_dict_strict(student, saved["model"], source=str(run.best))
+    if result.selected_on_holdout:
+        log(f"student: best epoch {best['epoch']} (holdout top-1 {best['holdout_acc']:.4f}, test top-1 "
+            f"{best['test_acc']:.4f}); last epoch {last['epoch']} (holdout top-1 {last['holdout_acc']:.4f}, "
+            f"test top-1 {last['test_acc']:.4f}); student.pt is the {select} (optim.select {recipe.optim.select})")
+
+    def summary(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: row[k] for k in ("epoch", "holdout_acc", "test_acc") if k in row}
+
+    by = "holdout top-1" if select == "best" else "last epoch"
+    return {"test_acc": chosen.get("test_acc", float("nan")),
+            "selection": {"select": select, "by": by, **summary(chosen)}, "last_epoch": summary(last)}
 
 
 def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False, force: bool = False,
@@ -213,9 +245,9 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
             comments.append(f"clip: {recipe.clip.model} pretrained={recipe.clip.pretrained}"
                             + (" -- RANDOM CLIP WEIGHTS, not for shipping" if clip_random else ""))
 
-        final = student_stage(recipe, run, ds, ctx, teacher, clip_targets, comments)
-        student = final.pop("student")
+        result, student = student_stage(recipe, run, ds, ctx, teacher, clip_targets, comments)
         if dist.is_main:
+            final = select_student(recipe, run, result, student, log)
             models.save_checkpoint(student_payload(recipe, student, ds, clip_random, teacher_source, final), run.student)
             log(f"student: {run.student} (test top-1 {final.get('test_acc', float('nan')):.4f})")
         dist.barrier()
@@ -245,5 +277,7 @@ def student_payload(recipe: Recipe, student: nn.Module, ds: Datasets, clip_rando
         "temperature": None,
         "teacher": {"arch": recipe.teacher.arch, "checkpoint": teacher_source} if teacher_source else None,
         "test_acc": float(final.get("test_acc", float("nan"))),
+        "selection": final.get("selection"),
+        "last_epoch": final.get("last_epoch"),
         "version": __version__,
     }

@@ -1,0 +1,62 @@
+"""Issue 16.3: the student is chosen on the holdout split (never the test set), student.pt
+is the chosen epoch, metrics.csv and train.log show best (with its epoch) and last, and a
+resumed run makes the same choice."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from richkd_deploy import recipe
+from richkd_deploy.errors import RecipeError
+from tests.train.helpers import SMOKE, cli, same_weights
+
+VANILLA = ("-o", "distill.method=vanilla")
+
+
+def rows(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return [r for r in csv.DictReader(ln for ln in f if not ln.startswith("#"))]
+
+
+@pytest.fixture(scope="module")
+def best_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("sel") / "run"
+    out = cli("train", str(SMOKE), *VANILLA, "-o", "optim.epochs=3", "--run-dir", str(run), "--quiet")
+    assert out.returncode == 0, out.stderr
+    return run
+
+
+def test_student_pt_is_the_best_holdout_epoch(best_run):
+    table = rows(best_run)
+    holdout = [float(r["holdout_acc"]) for r in table]
+    best_epoch = holdout.index(max(holdout)) + 1  # the first epoch with the best holdout top-1
+    assert [int(r["best_epoch"]) for r in table][-1] == best_epoch
+    payload = torch.load(best_run / "student.pt", map_location="cpu", weights_only=True)
+    best = torch.load(best_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == payload["selection"]["epoch"] == best_epoch
+    assert payload["selection"]["by"] == "holdout top-1" and payload["last_epoch"]["epoch"] == 3
+    assert payload["test_acc"] == pytest.approx(float(table[best_epoch - 1]["test_acc"]), abs=1e-5)
+    assert same_weights(best_run / "student.pt", best_run / "checkpoints" / "best.pt")
+    log = (best_run / "train.log").read_text()
+    assert f"student: best epoch {best_epoch} (holdout top-1" in log and "last epoch 3 (holdout top-1" in log
+
+
+def test_resume_makes_the_same_choice(best_run, tmp_path):
+    run = tmp_path / "run"
+    first = cli("train", str(SMOKE), *VANILLA, "-o", "optim.epochs=2", "--run-dir", str(run), "--quiet")
+    assert first.returncode == 0, first.stderr
+    resumed = cli("train", str(SMOKE), *VANILLA, "-o", "optim.epochs=3", "--run-dir", str(run), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(best_run / "student.pt", run / "student.pt")
+    assert same_weights(best_run / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
+    assert [r["best_epoch"] for r in rows(run)] == [r["best_epoch"] for r in rows(best_run)]
+
+
+def test_select_last_and_select_best_without_a_holdout(tmp_path):
+    r = recipe.from_dict({"optim": {"select": "last"}})
+    assert r.optim.select == "last" and recipe.from_dict({}).optim.select == "auto"
+    with pytest.raises(RecipeError, match="optim.select: best .* data.holdout_fraction"):
+        recipe.from_dict({"optim": {"select": "best"}, "data": {"holdout_fraction": 0}})
