@@ -141,7 +141,7 @@ class _StageRun:
         columns = ["epoch", "lr", "train_loss", "train_acc", *stage.term_names, "test_loss", "test_acc", "seconds"]
         if holdout_loader is not None:
             columns += ["holdout_loss", "holdout_acc", "best_epoch"]
-        self.metrics = MetricsWriter(stage.metrics, columns, stage.metrics_comments)
+        self.metrics = MetricsWriter(stage.metrics, columns, stage.metrics_comments, first_epoch=self.state.epoch + 1)
 
     def loader(self, seed: int) -> Any:
         """The epoch's training loader; the epoch's seed reaches the sampler (its
@@ -247,7 +247,7 @@ class _StageRun:
         row["seconds"] = time.perf_counter() - t0
         state.history.append(row)
         if dist.is_main:  # best.pt before last.pt: a kill between them redoes the epoch, and the same choice
-            self.metrics.write(state.history)
+            self.metrics.write(state.history, state.best_epoch)
             if improved:
                 save_checkpoint({"format": "richkd-deploy/best/1", "model": _classifier_state(stage.classifier),
                                  "epoch": epoch + 1, "test_acc": test_acc, "holdout_acc": row.get("holdout_acc"),
@@ -300,9 +300,12 @@ def fit(stage: Stage, cfg: OptimConfig, ctx: TrainContext, train_ds: Any, test_l
     run = _StageRun(stage, cfg, ctx, train_ds, test_loader, holdout_loader)
     row: dict[str, Any] = run.state.history[-1] if run.state.history else {}
     with StopRequest(ctx.dist) as stop:
-        for epoch in range(run.state.epoch, stage.epochs):
-            t0 = time.perf_counter()
-            row = run.end_epoch(epoch, run.train_epoch(epoch, stop), t0)
+        try:
+            for epoch in range(run.state.epoch, stage.epochs):
+                t0 = time.perf_counter()
+                row = run.end_epoch(epoch, run.train_epoch(epoch, stop), t0)
+        finally:
+            run.metrics.close()
         try:
             stop.check()  # a Ctrl-C during the last epoch's evaluation: its checkpoint is already saved
         except KeyboardInterrupt:

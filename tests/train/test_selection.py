@@ -60,3 +60,35 @@ def test_select_last_and_select_best_without_a_holdout(tmp_path):
     assert r.optim.select == "last" and recipe.from_dict({}).optim.select == "auto"
     with pytest.raises(RecipeError, match="optim.select: best .* data.holdout_fraction"):
         recipe.from_dict({"optim": {"select": "best"}, "data": {"holdout_fraction": 0}})
+
+
+def test_metrics_csv_starts_with_its_header_and_the_notes_sit_beside_it(best_run):
+    """Issue 13.9: `#` lines above the header made pandas.read_csv and spreadsheets misread the file."""
+    import json
+
+    text = (best_run / "metrics.csv").read_text()
+    assert text.splitlines()[0].startswith("epoch,lr,train_loss,train_acc,ce,test_loss,test_acc,seconds,")
+    assert "#" not in text
+    with open(best_run / "metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["epoch"] for r in table] == ["1", "2", "3"]
+    doc = json.loads((best_run / "metrics.json").read_text())
+    assert any("student stage, method vanilla, recipe hash" in n for n in doc["notes"])
+    assert doc["last"]["epoch"] == 3 and doc["best"]["epoch"] == int(table[-1]["best_epoch"])
+    assert doc["best_by"] == "holdout_acc"
+
+
+def test_tensorboard_event_files_beside_metrics_csv(best_run):
+    """Issue 16.8: with tensorboard installed, every loss term, accuracy and the lr per epoch."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert list(best_run.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(best_run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/ce", "acc/train", "loss/test", "acc/test", "acc/holdout", "lr"} <= tags
+    table = rows(best_run)
+    assert [e.step for e in events.Scalars("acc/test")] == [1, 2, 3]
+    assert [e.value for e in events.Scalars("acc/holdout")] == pytest.approx([float(r["holdout_acc"]) for r in table],
+                                                                             abs=1e-5)
