@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from richkd_deploy.clip.targets import CachedClipTargets  # noqa: E402
+from richkd_deploy.clip.cache import CachedClipTargets  # noqa: E402
 from richkd_deploy.distill.distillers import create_distiller  # noqa: E402
 from richkd_deploy.evaluate.latency import describe_machine  # noqa: E402
 from richkd_deploy.models import create_model  # noqa: E402
@@ -99,9 +99,9 @@ def bench_steps(args: argparse.Namespace, clip: CachedClipTargets) -> dict[str, 
 
 def bench_cache(n_images: int, batch: int) -> tuple[float, float]:
     """(images/s of build_clip_cache, seconds per text prompt) with a random ViT-B-32."""
+    from richkd_deploy.clip.cache import build_clip_cache, cache_fingerprint
     from richkd_deploy.clip.loader import load_clip
     from richkd_deploy.clip.prompts import ZeroShotHead, build_class_embeddings
-    from richkd_deploy.clip.targets import build_clip_cache, cache_fingerprint
     from richkd_deploy.recipe import DEFAULT_TEMPLATES
 
     class Images:

@@ -173,9 +173,10 @@ def image_tower_flops(model: torch.nn.Module, image_size: int, device: torch.dev
 
 
 def section_clip(device: torch.device, quick: bool) -> dict[str, Any]:
+    from richkd_deploy.clip.cache import build_clip_cache, cache_fingerprint
+    from richkd_deploy.clip.encode import clip_autocast
     from richkd_deploy.clip.loader import load_clip
     from richkd_deploy.clip.prompts import ZeroShotHead, build_class_embeddings
-    from richkd_deploy.clip.targets import _autocast, build_clip_cache, cache_fingerprint
 
     arch = "tiny-ViT" if quick else "ViT-L-14"
     n_images, batch, workers = (32, 16, 0) if quick else (4096, 256, 12)
@@ -191,7 +192,7 @@ def section_clip(device: torch.device, quick: bool) -> dict[str, Any]:
     x = torch.randn(batch, 3, loaded.image_size, loaded.image_size, device=device)
 
     def encode() -> None:
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), clip_autocast(device):
             loaded.model.encode_image(x)
 
     times = timed(encode, device, 2, 3 if quick else 10)

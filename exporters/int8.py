@@ -32,7 +32,7 @@ feeds onnxruntime on the CPU and `trtexec`/our builder on the GPU:
 After quantization every Q->DQ pair that feeds several consumers is duplicated so
 each consumer has a private pair. This changes no value; it lets onnxruntime's x86
 S8->U8 rewrite (which only touches single-consumer pairs) turn every Conv into a
-QLinearConv. See exporters.ort_session for the matching session setting.
+QLinearConv. See richkd_deploy.runtime.onnxruntime for the matching session setting.
 """
 
 from __future__ import annotations

@@ -55,8 +55,10 @@ def recipe() -> None:
 def recipe_check(file: str, overrides: tuple[str, ...]) -> None:
     """Validate RECIPE (a file, or a packaged recipe's name) and print the resolved recipe."""
     from richkd_deploy import recipes_catalog
+    from richkd_deploy.models.for_recipe import check_architectures
 
     r = recipes_catalog.load(file, overrides)
+    check_architectures(r)
     click.echo(r.to_yaml(), nl=False)
     click.echo(f"# ok: {r.source} (hash {r.hash()[:12]})", err=True)
 
@@ -102,8 +104,10 @@ def train(recipe_file: str, overrides: tuple[str, ...], run_dir: str | None, res
     """Train the teacher (if needed) and distil the student described by RECIPE (a file, or
     a packaged recipe's name: richkd-deploy recipe list)."""
     from richkd_deploy import recipes_catalog
+    from richkd_deploy.models.for_recipe import check_architectures
 
     r = recipes_catalog.load(recipe_file, overrides)  # validate before launching anything
+    check_architectures(r)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "richkd_deploy", "train", recipe_file, *sum((["-o", o] for o in overrides), [])]

@@ -122,6 +122,9 @@ class OptimConfig:
     sync_bn: bool = False
     channels_last: bool = False
     compile: bool = False
+    # Which epoch student.pt holds: "best" by top-1 on the holdout split (never the test
+    # set), "last", or "auto" (best when data.holdout_fraction > 0, else last).
+    select: Literal["auto", "best", "last"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -398,27 +401,18 @@ def _apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _check_architectures(recipe: Recipe) -> None:
-    from richkd_deploy.models.registry import list_models, resolve_name
-
-    for key in ("teacher", "student"):
-        arch = getattr(recipe, key).arch
-        try:
-            resolve_name(arch)
-        except RecipeError:
-            close = difflib.get_close_matches(arch, list_models(), n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise RecipeError(f"{key}.arch: unknown architecture {arch!r}; {hint}see richkd-deploy models") from None
-
-
 def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
     """Rules that involve more than one key. `check_files=False` skips the checks that
-    input files still exist (a finished run's recipe, read back by export/validate)."""
-    _check_architectures(recipe)
+    input files still exist (a finished run's recipe, read back by export/validate).
+    Architecture names are checked where models are built (`models.for_recipe`), so
+    this module imports nothing above it."""
     if recipe.needs_clip and recipe.clip.pretrained.lower() == "none" and not recipe.clip.allow_random:
         raise RecipeError(
             "clip.pretrained: 'none' means random CLIP weights, which teach nothing; "
             "set clip.allow_random: true to run anyway (for tests), or give a hub tag or a local checkpoint")
+    if recipe.optim.select == "best" and recipe.data.holdout_fraction == 0:
+        raise RecipeError("optim.select: best picks the epoch by holdout top-1, and data.holdout_fraction is 0; "
+                          "set data.holdout_fraction > 0 or optim.select: last")
     t = recipe.export.trt
     if not t.min_batch <= t.opt_batch <= t.max_batch:
         raise RecipeError(f"export.trt: need min_batch <= opt_batch <= max_batch, got {t.min_batch}, {t.opt_batch}, {t.max_batch}")

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -199,90 +199,100 @@ def _create(arch: str, pretrained: str | None, **kwargs: Any) -> tuple[nn.Module
     return model, preprocess
 
 
-def load_clip(model_name: str, pretrained: str, allow_random: bool = False,
-              device: torch.device | str = "cpu", log: Callable[[str], None] | None = None) -> LoadedClip:
-    """Load CLIP frozen (eval mode, no gradients) on `device`.
+@dataclass
+class _Weights:
+    """Where a load's weights come from: `source` is a file, an open_clip tag to
+    download, or None for seeded random weights."""
 
-    `pretrained` is an open_clip tag (e.g. `openai`, resolved through open_clip's own
-    cache/download), an existing local checkpoint file, or `none` for seeded random
-    weights (only with `allow_random`).
-    """
-    arch = resolve_arch(model_name)
+    source: str | None
+    weights_id: str
+    is_random: bool = False
+    downloading: bool = False
+    tag_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _random_weights(allow_random: bool) -> _Weights:
+    if not allow_random:
+        raise RecipeError(
+            "clip.pretrained: 'none' means random CLIP weights, which teach nothing; set "
+            "clip.allow_random: true to run anyway (tests, smoke runs), or give an open_clip tag "
+            "or a local checkpoint file")
+    return _Weights(source=None, weights_id=f"random:seed{RANDOM_SEED}", is_random=True)
+
+
+def _tag_weights(arch: str, spec: str) -> _Weights:
+    """An open_clip tag: its cached file when there is one, else a download, refused
+    at once when the hub is offline or unreachable."""
     import open_clip
 
-    spec = (pretrained or "none").strip()
+    tag_cfg = open_clip.get_pretrained_cfg(arch, spec)
+    if not tag_cfg:
+        looks_like_path = os.sep in spec or spec.endswith((".pt", ".pth", ".bin", ".safetensors"))
+        if looks_like_path:
+            raise ClipLoadError(f"clip.pretrained: file {spec} does not exist; give the path of an "
+                                f"open_clip checkpoint for {arch} (e.g. open_clip_model.safetensors)")
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise ClipLoadError(
+            f"clip.pretrained: {spec!r} is neither a file nor an open_clip tag for {arch} "
+            f"(tags: {', '.join(tags) or 'none'}); " + _no_weights_hint())
     tag_kwargs: dict[str, Any] = {}
-    is_random = downloading = False
-    if spec.lower() == "none":
-        if not allow_random:
-            raise RecipeError(
-                "clip.pretrained: 'none' means random CLIP weights, which teach nothing; set "
-                "clip.allow_random: true to run anyway (tests, smoke runs), or give an open_clip tag "
-                "or a local checkpoint file")
-        is_random = True
-        weights_id = f"random:seed{RANDOM_SEED}"
-        source: str | None = None
-    elif Path(spec).expanduser().is_file():
-        path = Path(spec).expanduser().resolve()
-        source = str(path)
-        weights_id = f"{path}@sha256:{_file_sha256(path)}"
-    else:
-        tag_cfg = open_clip.get_pretrained_cfg(arch, spec)
-        if not tag_cfg:
-            looks_like_path = os.sep in spec or spec.endswith((".pt", ".pth", ".bin", ".safetensors"))
-            if looks_like_path:
-                raise ClipLoadError(f"clip.pretrained: file {spec} does not exist; give the path of an "
-                                    f"open_clip checkpoint for {arch} (e.g. open_clip_model.safetensors)")
-            tags = open_clip.list_pretrained_tags_by_model(arch)
-            raise ClipLoadError(
-                f"clip.pretrained: {spec!r} is neither a file nor an open_clip tag for {arch} "
-                f"(tags: {', '.join(tags) or 'none'}); " + _no_weights_hint())
-        if tag_cfg.get("quick_gelu"):
-            tag_kwargs["force_quick_gelu"] = True
-        for key, arg in (("mean", "image_mean"), ("std", "image_std"),
-                         ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
-            if key in tag_cfg:
-                tag_kwargs[arg] = tag_cfg[key]
-        weights_id = f"{arch}/{spec}"
-        cached = _cached_tag_file(tag_cfg)
-        if cached is not None:
-            source = cached  # load the cached file directly: no network, no retries
-        else:
-            endpoint = _hub_endpoint() if tag_cfg.get("hf_hub") else tag_cfg.get("url", "")
-            if _hub_offline() and tag_cfg.get("hf_hub"):
-                raise ClipLoadError(
-                    f"CLIP weights {arch}/{spec} are not in the local cache and the hub is offline "
-                    f"(HF_HUB_OFFLINE is set); download them elsewhere and " + _no_weights_hint())
-            if not _reachable(endpoint):
-                raise ClipLoadError(
-                    f"CLIP weights {arch}/{spec} are not in the local cache and {urlparse(endpoint).hostname} "
-                    "cannot be reached; download them elsewhere and " + _no_weights_hint())
-            source = spec  # let open_clip download into its own cache
-            downloading = True
-            logger.info("downloading CLIP weights %s/%s (open_clip cache)", arch, spec)
+    if tag_cfg.get("quick_gelu"):
+        tag_kwargs["force_quick_gelu"] = True
+    for key, arg in (("mean", "image_mean"), ("std", "image_std"),
+                     ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
+        if key in tag_cfg:
+            tag_kwargs[arg] = tag_cfg[key]
+    weights_id = f"{arch}/{spec}"
+    cached = _cached_tag_file(tag_cfg)
+    if cached is not None:  # load the cached file directly: no network, no retries
+        return _Weights(source=cached, weights_id=weights_id, tag_kwargs=tag_kwargs)
+    endpoint = _hub_endpoint() if tag_cfg.get("hf_hub") else tag_cfg.get("url", "")
+    if _hub_offline() and tag_cfg.get("hf_hub"):
+        raise ClipLoadError(
+            f"CLIP weights {arch}/{spec} are not in the local cache and the hub is offline "
+            f"(HF_HUB_OFFLINE is set); download them elsewhere and " + _no_weights_hint())
+    if not _reachable(endpoint):
+        raise ClipLoadError(
+            f"CLIP weights {arch}/{spec} are not in the local cache and {urlparse(endpoint).hostname} "
+            "cannot be reached; download them elsewhere and " + _no_weights_hint())
+    logger.info("downloading CLIP weights %s/%s (open_clip cache)", arch, spec)
+    # let open_clip download into its own cache
+    return _Weights(source=spec, weights_id=weights_id, downloading=True, tag_kwargs=tag_kwargs)
 
-    t0 = time.perf_counter()
+
+def _resolve_weights(arch: str, spec: str, allow_random: bool) -> _Weights:
+    if spec.lower() == "none":
+        return _random_weights(allow_random)
+    if Path(spec).expanduser().is_file():
+        path = Path(spec).expanduser().resolve()
+        return _Weights(source=str(path), weights_id=f"{path}@sha256:{_file_sha256(path)}")
+    return _tag_weights(arch, spec)
+
+
+def _instantiate(arch: str, spec: str, weights: _Weights) -> tuple[nn.Module, Callable[[Any], torch.Tensor]]:
+    """open_clip's model and transform; its many exception types become one ClipLoadError."""
     try:
-        if is_random:
+        if weights.is_random:
             with _seeded(RANDOM_SEED):
-                model, preprocess = _create(arch, None, pretrained_text=False, pretrained_image=False)
-        else:
-            model, preprocess = _create(arch, source, **tag_kwargs)
+                return _create(arch, None, pretrained_text=False, pretrained_image=False)
+        return _create(arch, weights.source, **weights.tag_kwargs)
     except RichKDError:
         raise
     except Exception as exc:  # open_clip raises RuntimeError/KeyError/ValueError for all of these
         first = " ".join(str(exc).split())[:300] or type(exc).__name__
-        if downloading:
+        if weights.downloading:
             raise ClipLoadError(f"could not download CLIP weights {arch}/{spec} ({first}); retry, or download "
                                 "them elsewhere and " + _no_weights_hint()) from None
         raise ClipLoadError(
             f"could not load CLIP {arch} with weights {spec!r} ({first}); check that the checkpoint "
             f"matches clip.model (open_clip architecture names, e.g. ViT-L-14-quickgelu for OpenAI "
             f"weights), or " + _no_weights_hint()) from None
-    model.eval()
-    model.requires_grad_(False)
-    model.to(device)
 
+
+def _describe(arch: str, model: nn.Module, preprocess: Callable[[Any], torch.Tensor], weights: _Weights,
+              device: torch.device | str) -> LoadedClip:
+    """The LoadedClip for a frozen model: its preprocessing, sizes and tokenizer."""
+    import open_clip
     from open_clip.model import get_model_preprocess_cfg
 
     pcfg = get_model_preprocess_cfg(model)
@@ -296,26 +306,52 @@ def load_clip(model_name: str, pretrained: str, allow_random: bool = False,
         raise ClipLoadError(f"could not build the text tokenizer of CLIP {arch} ({type(exc).__name__}: "
                             f"{(str(exc).strip().splitlines() or [''])[0][:200]}); it may need a download: choose an architecture with "
                             "CLIP's own BPE tokenizer (ViT-*, RN*) or run once online") from None
-    loaded = LoadedClip(
+    return LoadedClip(
         model=model, preprocess=preprocess, tokenizer=tokenizer, image_size=image_size, embed_dim=embed_dim,
-        is_random=is_random, weights_id=weights_id, model_name=arch,
+        is_random=weights.is_random, weights_id=weights.weights_id, model_name=arch,
         mean=tuple(float(v) for v in pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),  # type: ignore[arg-type]
         std=tuple(float(v) for v in pcfg.get("std", open_clip.OPENAI_DATASET_STD)),  # type: ignore[arg-type]
         interpolation=str(pcfg.get("interpolation", "bicubic")),
         resize_mode=str(pcfg.get("resize_mode", "shortest")),
     )
-    msg = f"CLIP {arch} loaded ({weights_id}) in {time.perf_counter() - t0:.1f}s: image {image_size}px, embed {embed_dim}-d"
+
+
+def _announce(loaded: LoadedClip, weights: _Weights, seconds: float, log: Callable[[str], None] | None) -> None:
+    msg = (f"CLIP {loaded.model_name} loaded ({loaded.weights_id}) in {seconds:.1f}s: image {loaded.image_size}px, "
+           f"embed {loaded.embed_dim}-d")
     logger.info(msg)
     if log is not None:
         log(msg)
-    if is_random:
+    if loaded.is_random:
         warn = ("!!! WARNING: CLIP has RANDOM weights (clip.pretrained: none) - its zero-shot logits and "
                 "features are noise; use this for tests and smoke runs only, never for a real student !!!")
         logger.warning(warn)
         if log is not None:
             log(warn)
-    elif not tag_kwargs and "openai" in weights_id.lower() and "quickgelu" not in arch.lower():
-        logger.warning("a local OpenAI checkpoint needs the QuickGELU architecture (e.g. %s-quickgelu)", arch)
+    elif (not weights.tag_kwargs and "openai" in loaded.weights_id.lower()
+          and "quickgelu" not in loaded.model_name.lower()):
+        logger.warning("a local OpenAI checkpoint needs the QuickGELU architecture (e.g. %s-quickgelu)",
+                       loaded.model_name)
+
+
+def load_clip(model_name: str, pretrained: str, allow_random: bool = False,
+              device: torch.device | str = "cpu", log: Callable[[str], None] | None = None) -> LoadedClip:
+    """Load CLIP frozen (eval mode, no gradients) on `device`.
+
+    `pretrained` is an open_clip tag (e.g. `openai`, resolved through open_clip's own
+    cache/download), an existing local checkpoint file, or `none` for seeded random
+    weights (only with `allow_random`).
+    """
+    arch = resolve_arch(model_name)
+    spec = (pretrained or "none").strip()
+    weights = _resolve_weights(arch, spec, allow_random)
+    t0 = time.perf_counter()
+    model, preprocess = _instantiate(arch, spec, weights)
+    model.eval()
+    model.requires_grad_(False)
+    model.to(device)
+    loaded = _describe(arch, model, preprocess, weights, device)
+    _announce(loaded, weights, time.perf_counter() - t0, log)
     return loaded
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from richkd_deploy.data.cifar import load_cifar
 from richkd_deploy.data.class_names import DATASETS, canonical_name
 from richkd_deploy.data.datasets import ImageArrayDataset
+from richkd_deploy.data.fashion_mnist import load_fashion_mnist
 from richkd_deploy.data.imagefolder import ImageFolderIndexed
 from richkd_deploy.data.splits import limit_dataset
+from richkd_deploy.data.synthetic import make_synthetic
 from richkd_deploy.errors import DataError
 
 __all__ = ["DATASETS", "build_dataset"]
@@ -30,19 +33,13 @@ def build_dataset(name: str, split: str, root: str | Path | None = None, downloa
     if limit is not None and int(limit) < 1:
         raise DataError(f"data.{split}_limit: must be a positive number of samples, got {limit}")
     if key in ("cifar10", "cifar100"):
-        from richkd_deploy.data.cifar import load_cifar
-
         dataset = load_cifar(key, split, root, download)
     elif key == "fashion-mnist":
-        from richkd_deploy.data.fashion_mnist import load_fashion_mnist
-
         dataset = load_fashion_mnist(split, root)
     elif key == "imagefolder":
         if root is None:
             raise DataError("data.root: imagefolder needs a folder with train/ and test/ subfolders of class folders")
         dataset = ImageFolderIndexed.from_root(root, split)
     else:
-        from richkd_deploy.data.synthetic import make_synthetic
-
         return make_synthetic(split, limit, seed)
     return limit_dataset(dataset, limit, seed)

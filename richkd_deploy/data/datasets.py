@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from richkd_deploy.data.loader import fetch_batch, seeded_rng
+from richkd_deploy.data.transforms import resize_uint8
 from richkd_deploy.errors import DataError
 
 Transform = Callable[[Any], torch.Tensor]
@@ -156,8 +157,6 @@ class ImageArrayDataset(IndexedDataset):
         idx = _as_index_array(indices, len(self))
         batch = torch.from_numpy(np.ascontiguousarray(self.images[idx].transpose(0, 3, 1, 2)))
         if size is not None:
-            from richkd_deploy.data.transforms import resize_uint8
-
             batch = resize_uint8(batch, size)
         return batch
 

@@ -7,6 +7,9 @@ import dataclasses
 import logging
 from typing import Any
 
+from richkd_deploy.data.build import build_dataset
+from richkd_deploy.data.splits import holdout_split
+from richkd_deploy.data.transforms import default_mean_std, eval_transform, train_transform
 from richkd_deploy.errors import DataError
 from richkd_deploy.recipe import Recipe
 
@@ -29,33 +32,29 @@ def _three(values: tuple[float, ...]) -> tuple[float, float, float]:
 
 
 def _load(recipe: Recipe, split: str, limit: int | None) -> tuple[Any, str]:
-    from richkd_deploy import data
-
     d = recipe.data
     try:
-        return data.build_dataset(d.dataset, split, root=d.root, download=d.download, limit=limit,
+        return build_dataset(d.dataset, split, root=d.root, download=d.download, limit=limit,
                                   seed=recipe.seed), d.dataset
     except DataError:
         if not d.synthetic_fallback:
             raise
         log.warning("%s is not available; data.synthetic_fallback is set: using generated images", d.dataset)
-        return data.build_dataset("synthetic", split, limit=limit, seed=recipe.seed), "synthetic"
+        return build_dataset("synthetic", split, limit=limit, seed=recipe.seed), "synthetic"
 
 
 def build_recipe_datasets(recipe: Recipe, test_limit: int | None = None) -> RecipeDatasets:
-    from richkd_deploy import data
-
     d = recipe.data
     train_full, used = _load(recipe, "train", d.train_limit)
     test, _ = _load(recipe, "test", test_limit or d.test_limit)
-    default_mean, default_std = data.default_mean_std(used)
+    default_mean, default_std = default_mean_std(used)
     mean, std = _three(d.mean or default_mean), _three(d.std or default_std)
     if d.holdout_fraction > 0:
-        train, holdout = data.holdout_split(train_full, d.holdout_fraction, seed=recipe.seed)
+        train, holdout = holdout_split(train_full, d.holdout_fraction, seed=recipe.seed)
     else:
         train, holdout = train_full, None
-    eval_t = data.eval_transform(d.input_size, mean, std)
-    train = train.with_transform(data.train_transform(d.input_size, mean, std, crop_padding=d.crop_padding,
+    eval_t = eval_transform(d.input_size, mean, std)
+    train = train.with_transform(train_transform(d.input_size, mean, std, crop_padding=d.crop_padding,
                                                       hflip=d.hflip))
     return RecipeDatasets(train=train, holdout=holdout.with_transform(eval_t) if holdout is not None else None,
                           test=test.with_transform(eval_t), classes=list(train_full.classes), mean=mean, std=std,

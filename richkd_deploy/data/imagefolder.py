@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from richkd_deploy.data.datasets import IndexedDataset, Transform, _as_index_array
+from richkd_deploy.data.transforms import resize_uint8
 from richkd_deploy.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
@@ -87,8 +88,6 @@ class ImageFolderIndexed(IndexedDataset):
                     size: int | tuple[int, int] | None = None) -> torch.Tensor:
         """Images as a torch.uint8 [n,3,H,W] batch, unaugmented; resized to `size` when
         given. Images of different sizes need `size`."""
-        from richkd_deploy.data.transforms import resize_uint8
-
         idx = _as_index_array(indices, len(self))
         images = [torch.from_numpy(self._load(int(i))).permute(2, 0, 1) for i in idx]
         if size is not None:

@@ -1,16 +1,15 @@
-"""Device choice and mixed precision.
-
-AMP is only used on CUDA: on the CPU it changes numerics (bfloat16) without a
-speed-up for these small convnets, and it would break bit-exact resume tests.
+"""Device choice and the training side of mixed precision (when AMP is on, the loss
+scaler); the autocast helper itself is `richkd_deploy.precision`, shared with CLIP.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from richkd_deploy.errors import RichKDError
+from richkd_deploy.precision import amp_dtype, autocast
+
+__all__ = ["amp_dtype", "amp_enabled", "autocast", "make_scaler", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,19 +22,6 @@ def resolve_device(name: str) -> torch.device:
 
 def amp_enabled(device: torch.device, wanted: bool) -> bool:
     return wanted and device.type == "cuda"
-
-
-def amp_dtype() -> torch.dtype:
-    """bfloat16 where the GPU supports it (no loss scaling needed), else float16."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype())
 
 
 def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:

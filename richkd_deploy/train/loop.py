@@ -23,15 +23,9 @@ writes checkpoints and metrics.csv, and every rank resumes from the same `last.p
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,107 +34,30 @@ from torch import nn
 from tqdm import tqdm
 
 from richkd_deploy import faults
-from richkd_deploy.errors import CheckpointError, RichKDError
+from richkd_deploy.errors import RichKDError
+from richkd_deploy.models import save_checkpoint
 from richkd_deploy.recipe import OptimConfig
-from richkd_deploy.runs import atomic_write, atomic_write_text
 from richkd_deploy.train import devices, rng
+from richkd_deploy.train.context import TrainContext
 from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
-
-STATE_FORMAT = "richkd-deploy/train-state/1"
-
-Compute = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+from richkd_deploy.train.metrics import MetricsWriter
+from richkd_deploy.train.stage import Compute, Stage
+from richkd_deploy.train.state import (  # noqa: F401 - re-exported: the loop's public face
+    STATE_FORMAT,
+    StageState,
+    load_state,
+    make_optimizer,
+    scaled_lr,
+)
+from richkd_deploy.train.state import check_world_size as _check_world_size  # noqa: F401
+from richkd_deploy.train.stop import StopRequest
 
 
 class TrainingInterrupted(RichKDError):
     """Ctrl-C: a checkpoint was saved; the message says how to resume."""
 
     exit_code = 130
-
-
-@dataclass
-class Stage:
-    """What one stage trains: `module` is checkpointed (the teacher network, or the
-    distiller holding student + embeddings + memory bank), `classifier` is evaluated,
-    `compute` gives (logits, weighted loss terms) for a batch. Under DDP `compute` must
-    be an nn.Module holding every trained parameter: it is what DDP wraps."""
-
-    name: str
-    module: nn.Module
-    classifier: nn.Module
-    compute: Compute
-    term_names: Sequence[str]
-    parameters: list[nn.Parameter]
-    folder: Path  # holds checkpoints/ and metrics.csv
-    epochs: int
-    lr: float
-    metrics_comments: Sequence[str] = ()
-    checkpoint_meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def last(self) -> Path:
-        return self.folder / "checkpoints" / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.folder / "checkpoints" / "best.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.folder / "metrics.csv"
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) as a flag that the loop reads between steps, not an exception
-    raised wherever the step happens to be. A second Ctrl-C more than a second after the
-    first interrupts at once (a stuck step). Under DDP the flag is agreed on by all
-    ranks, so they stop after the same step and rank 0's checkpoint is of that step
-    (torchrun passes the Ctrl-C to every worker, and stops them all)."""
-
-    def __init__(self, dist: DistContext) -> None:
-        self.dist = dist
-        self.since: float | None = None
-        self._previous: Any = None
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.since is not None and time.monotonic() - self.since > 1.0:
-            raise KeyboardInterrupt
-        self.since = self.since or time.monotonic()
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt here if any rank was asked to stop."""
-        requested = self.since is not None
-        if self.dist.enabled:
-            requested = self.dist.reduce_sums([float(requested)])[0] > 0
-        if requested:
-            raise KeyboardInterrupt
-
-
-def save_torch(obj: Any, path: Path) -> None:
-    """torch.save through the atomic writer: the previous file survives any failure."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no checkpoint to resume from; run without --resume") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first}); delete it and restart the run") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: not a richkd-deploy training checkpoint; delete it and restart the run")
-    return state
 
 
 @torch.no_grad()
@@ -164,27 +81,6 @@ def evaluate(classifier: nn.Module, loader: Any, device: torch.device, amp: bool
     if count == 0:
         raise RichKDError("the test set is empty; check data.test_limit")
     return total_loss / count, correct / count, count
-
-
-def _metrics_csv(comments: Sequence[str], columns: list[str], rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    for line in comments:
-        buf.write(f"# {line}\n")
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def scaled_lr(lr: float, cfg: OptimConfig, world_size: int) -> float:
-    """The learning rate actually used: `optim.lr_scaling: linear` multiplies it by the
-    number of processes (the effective batch grows with them), `none` keeps it."""
-    return lr * world_size if cfg.lr_scaling == "linear" else lr
 
 
 def _wrap_for_ddp(stage: Stage, cfg: OptimConfig, device: torch.device, dist: DistContext, log: RunLog) -> Compute:
@@ -219,168 +115,210 @@ def _compiled(stage: Stage, net: Compute, cfg: OptimConfig, log: RunLog) -> Comp
     return torch.compile(net)
 
 
-def fit(stage: Stage, cfg: OptimConfig, train_ds: Any, test_loader: Any, make_loader: Callable[..., Any],
-        device: torch.device, seed: int, num_workers: int, log: RunLog, resume: bool, quiet: bool,
-        dist: DistContext | None = None) -> dict[str, Any]:
-    """Train `stage` for its epochs and return the final metrics row.
+@dataclass
+class _Epoch:
+    """One epoch's running sums on this rank."""
 
-    `make_loader(dataset, batch_size, shuffle, num_workers, seed, drop_last, sampler)`
-    builds the epoch's training loader; it is called once per epoch with that epoch's
-    seed, which makes the data order a pure function of (seed, epoch).
-    """
-    dist = dist or DistContext.single()
-    amp = devices.amp_enabled(device, cfg.amp)
-    optimizer = make_optimizer(stage.parameters, cfg, scaled_lr(stage.lr, cfg, dist.world_size))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
-    scaler = devices.make_scaler(device, amp)
-    columns = ["epoch", "lr", "train_loss", "train_acc", *stage.term_names, "test_loss", "test_acc", "seconds"]
+    sums: dict[str, float]
+    correct: int = 0
+    seen: int = 0
+    step: int = 0
 
-    start_epoch, skip_batches, history, best_acc = 0, 0, [], -1.0
-    resume_rng: dict[str, Any] | None = None
-    if resume and stage.last.exists():
-        state = load_state(stage.last)
-        if state.get("stage") != stage.name:
-            raise CheckpointError(f"{stage.last}: holds stage {state.get('stage')!r}, not {stage.name!r}")
+
+class _StageRun:
+    """One call of `fit`: the stage, its state, the (wrapped) step and where rows go."""
+
+    def __init__(self, stage: Stage, cfg: OptimConfig, ctx: TrainContext, train_ds: Any, test_loader: Any,
+                 holdout_loader: Any | None = None) -> None:
+        self.stage, self.cfg, self.ctx = stage, cfg, ctx
+        self.train_ds, self.test_loader, self.holdout_loader = train_ds, test_loader, holdout_loader
+        self.state = StageState(stage, cfg, ctx.device, ctx.dist.world_size)
+        if ctx.resume and stage.last.exists():
+            self.state.restore(stage, cfg, ctx.log)
+        _to_channels_last(stage, cfg)
+        net = _wrap_for_ddp(stage, cfg, ctx.device, ctx.dist, ctx.log)  # after the load: DDP starts from rank 0
+        self.net = _compiled(stage, net, cfg, ctx.log)
+        columns = ["epoch", "lr", "train_loss", "train_acc", *stage.term_names, "test_loss", "test_acc", "seconds"]
+        if holdout_loader is not None:
+            columns += ["holdout_loss", "holdout_acc", "best_epoch"]
+        self.metrics = MetricsWriter(stage.metrics, columns, stage.metrics_comments, first_epoch=self.state.epoch + 1)
+
+    def loader(self, seed: int) -> Any:
+        """The epoch's training loader; the epoch's seed reaches the sampler (its
+        permutation), so resume replays the order."""
+        cfg, dist = self.cfg, self.ctx.dist
+        sampler = dist.sampler(self.train_ds, seed=seed)
+        drop_last = len(self.train_ds) >= 2 * cfg.batch_size * dist.world_size
+        return self.ctx.make_loader(self.train_ds, batch_size=cfg.batch_size, shuffle=False,
+                                    num_workers=self.ctx.num_workers, seed=seed, drop_last=drop_last, sampler=sampler)
+
+    def train_epoch(self, epoch: int, stop: StopRequest) -> _Epoch:
+        """Run one epoch's steps (from a mid-epoch resume point if there is one)."""
+        stage, ctx, state = self.stage, self.ctx, self.state
+        s = rng.epoch_seed(ctx.seed, stage.name, epoch)
+        rng.seed_everything(s)  # the same on every rank: dropout-free models, identical initialisation
+        rng.reseed_generators(stage.module, _rank_seed(s, ctx.dist.rank))  # CRD negatives: a stream per rank
+        loader = self.loader(s)
+        stage.module.train()
+        if isinstance(self.net, nn.Module):
+            self.net.train()
+        run = _Epoch(sums={name: 0.0 for name in ("loss", *stage.term_names)})
+        bar = tqdm(total=len(loader), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
+                   disable=ctx.quiet or not ctx.dist.is_main, dynamic_ncols=True)
+        iterator = iter(loader)
         try:
-            stage.module.load_state_dict(state["module"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{stage.last}: does not fit this recipe's models ({str(exc).splitlines()[0]}); "
-                                  "resume with the recipe the run started with") from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, skip_batches = state["epoch"], state["step_in_epoch"]
-        history, best_acc = list(state["history"]), state["best_acc"]
-        resume_rng = state["rng"] if skip_batches else None
-        log(f"[{stage.name}] resuming at epoch {start_epoch + 1}" + (f", batch {skip_batches + 1}" if skip_batches else ""))
-        _check_world_size(stage, cfg, int(state.get("world_size", 1)), dist.world_size, log)
-    _to_channels_last(stage, cfg)
-    net = _wrap_for_ddp(stage, cfg, device, dist, log)  # after the load: DDP starts from rank 0's weights
-    net = _compiled(stage, net, cfg, log)
-
-    def checkpoint(epoch: int, step: int, rng_state: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT, "stage": stage.name, "epoch": epoch, "step_in_epoch": step,
-            "module": stage.module.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state or {}, "history": history, "best_acc": best_acc, "world_size": dist.world_size,
-            **stage.checkpoint_meta,
-        }
-
-    row: dict[str, Any] = history[-1] if history else {}
-    with StopRequest(dist) as stop:
-        for epoch in range(start_epoch, stage.epochs):
-            t0 = time.perf_counter()
-            s = rng.epoch_seed(seed, stage.name, epoch)
-            rng.seed_everything(s)  # the same on every rank: dropout-free models, identical initialisation
-            rng.reseed_generators(stage.module, _rank_seed(s, dist.rank))  # CRD negatives: a stream per rank
-            # The epoch's seed reaches the sampler (its permutation), so resume replays the order.
-            sampler = dist.sampler(train_ds, seed=s)
-            drop_last = len(train_ds) >= 2 * cfg.batch_size * dist.world_size
-            loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers,
-                                 seed=s, drop_last=drop_last, sampler=sampler)
-            stage.module.train()
-            if isinstance(net, nn.Module):
-                net.train()
-            sums = {name: 0.0 for name in ("loss", *stage.term_names)}
-            correct, seen, step = 0, 0, 0
-            bar = tqdm(total=len(loader), desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
-                       disable=quiet or not dist.is_main, dynamic_ncols=True)
-            iterator = iter(loader)
-            try:
-                stop.check()  # a Ctrl-C during the last evaluation or checkpoint
-                if skip_batches:
-                    for _ in range(skip_batches):  # replay the data order (and augmentation RNG) up to the stop
-                        next(iterator)
-                        bar.update(1)
-                    step, skip_batches = skip_batches, 0
-                    if resume_rng is not None:
-                        rng.restore(resume_rng, stage.module)  # rank 0's states: give the others their own stream
-                        if dist.rank:
-                            rng.reseed_generators(stage.module, _rank_seed(s + step, dist.rank))
-                for images, labels, indices in iterator:
-                    images = images.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
-                    indices = indices.to(device, non_blocking=True)
-                    if cfg.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    with devices.autocast(device, amp):
-                        logits, terms = net(images, labels, indices)
-                    loss = sum(terms.values())
-                    if not torch.isfinite(loss):
-                        raise RichKDError(f"[{stage.name}] loss became {loss.item()} at epoch {epoch + 1}; "
-                                          "lower optim.lr or check the data")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    step += 1
-                    n = labels.numel()
-                    seen += n
-                    correct += (logits.detach().argmax(1) == labels).sum().item()
-                    sums["loss"] += loss.item() * n
-                    for name, value in terms.items():
-                        sums[name] += value.item() * n
-                    bar.set_postfix({k: f"{v / max(seen, 1):.3f}" for k, v in sums.items()}
-                                    | {"acc": f"{correct / seen:.3f}"}, refresh=False)
-                    bar.update(1)
-                    faults.pause(f"step:{stage.name}")
-                    stop.check()
-            except KeyboardInterrupt:
-                bar.close()
-                if dist.is_main:
-                    save_torch(checkpoint(epoch, step, rng.capture(stage.module)), stage.last)
-                raise TrainingInterrupted(f"interrupted at {stage.name} epoch {epoch + 1}, batch {step}; checkpoint "
-                                          f"saved to {stage.last}; continue with --resume") from None
+            stop.check()  # a Ctrl-C during the last evaluation or checkpoint
+            if state.skip:
+                self._skip_to_resume_point(iterator, bar, run, s)
+            for images, labels, indices in iterator:
+                self._step(images, labels, indices, epoch, run)
+                bar.set_postfix({k: f"{v / max(run.seen, 1):.3f}" for k, v in run.sums.items()}
+                                | {"acc": f"{run.correct / run.seen:.3f}"}, refresh=False)
+                bar.update(1)
+                faults.pause(f"step:{stage.name}")
+                stop.check()
+        except KeyboardInterrupt:
             bar.close()
-            scheduler.step()
-            stats = dist.reduce_sums([sums[k] for k in sums] + [float(correct), float(seen)])
-            seen_all = max(stats[-1], 1.0)
-            # Rank 0 evaluates (the model is the same everywhere); the broadcast is the others' barrier.
-            test_loss, test_acc = (evaluate(stage.classifier, test_loader, device, amp, cfg.channels_last)[:2]
-                                   if dist.is_main else (0.0, 0.0))
-            test_loss, test_acc = dist.broadcast([test_loss, test_acc])
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                   "train_loss": stats[0] / seen_all, "train_acc": stats[-2] / seen_all,
-                   **{name: stats[1 + i] / seen_all for i, name in enumerate(stage.term_names)},
-                   "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - t0}
-            history.append(row)
-            improved = test_acc > best_acc
-            best_acc = max(best_acc, test_acc)
-            if dist.is_main:
-                atomic_write_text(stage.metrics, _metrics_csv(stage.metrics_comments, columns, history))
-                save_torch(checkpoint(epoch + 1, 0, None), stage.last)
-                if improved:
-                    save_torch({"format": "richkd-deploy/best/1", "model": _classifier_state(stage.classifier),
-                                "epoch": epoch + 1, "test_acc": test_acc, **stage.checkpoint_meta}, stage.best)
-            terms_txt = " ".join(f"{k}={row[k]:.4f}" for k in stage.term_names)
-            log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss={row['train_loss']:.4f} {terms_txt} "
-                f"train_acc={row['train_acc']:.4f} test_acc={test_acc:.4f} ({row['seconds']:.1f}s)")
-            if not math.isfinite(row["train_loss"]):
-                raise RichKDError(f"[{stage.name}] training diverged; lower optim.lr")
+            if ctx.dist.is_main:
+                save_checkpoint(state.payload(stage, epoch, run.step, rng.capture(stage.module)), stage.last)
+            raise TrainingInterrupted(f"interrupted at {stage.name} epoch {epoch + 1}, batch {run.step}; checkpoint "
+                                      f"saved to {stage.last}; continue with --resume") from None
+        bar.close()
+        return run
+
+    def _skip_to_resume_point(self, iterator: Any, bar: Any, run: _Epoch, seed: int) -> None:
+        """Replay the data order (and augmentation RNG) up to a Ctrl-C's stop, then put
+        back the generators' states of that moment."""
+        state, dist = self.state, self.ctx.dist
+        for _ in range(state.skip):
+            next(iterator)
+            bar.update(1)
+        run.step, state.skip = state.skip, 0
+        if state.resume_rng is not None:
+            rng.restore(state.resume_rng, self.stage.module)  # rank 0's states: give the others their own stream
+            if dist.rank:
+                rng.reseed_generators(self.stage.module, _rank_seed(seed + run.step, dist.rank))
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, epoch: int,
+              run: _Epoch) -> None:
+        device, cfg, state = self.ctx.device, self.cfg, self.state
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        indices = indices.to(device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with devices.autocast(device, state.amp):
+            logits, terms = self.net(images, labels, indices)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise RichKDError(f"[{self.stage.name}] loss became {loss.item()} at epoch {epoch + 1}; "
+                              "lower optim.lr or check the data")
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        run.step += 1
+        n = labels.numel()
+        run.seen += n
+        run.correct += (logits.detach().argmax(1) == labels).sum().item()
+        run.sums["loss"] += loss.item() * n
+        for name, value in terms.items():
+            run.sums[name] += value.item() * n
+
+    def _evaluate(self, loader: Any) -> tuple[float, float]:
+        """Rank 0 evaluates (the model is the same everywhere); the broadcast is the others' barrier."""
+        dist = self.ctx.dist
+        loss, acc = (evaluate(self.stage.classifier, loader, self.ctx.device, self.state.amp,
+                              self.cfg.channels_last)[:2] if dist.is_main else (0.0, 0.0))
+        return tuple(dist.broadcast([loss, acc]))  # type: ignore[return-value]
+
+    def end_epoch(self, epoch: int, run: _Epoch, t0: float) -> dict[str, Any]:
+        """Reduce the epoch's sums, evaluate, write metrics and checkpoints, log the row."""
+        stage, state, dist = self.stage, self.state, self.ctx.dist
+        state.scheduler.step()
+        stats = dist.reduce_sums([run.sums[k] for k in run.sums] + [float(run.correct), float(run.seen)])
+        seen_all = max(stats[-1], 1.0)
+        test_loss, test_acc = self._evaluate(self.test_loader)
+        row = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"],
+               "train_loss": stats[0] / seen_all, "train_acc": stats[-2] / seen_all,
+               **{name: stats[1 + i] / seen_all for i, name in enumerate(stage.term_names)},
+               "test_loss": test_loss, "test_acc": test_acc}
+        improved = self._select(epoch, row)
+        row["seconds"] = time.perf_counter() - t0
+        state.history.append(row)
+        if dist.is_main:  # best.pt before last.pt: a kill between them redoes the epoch, and the same choice
+            self.metrics.write(state.history, state.best_epoch)
+            if improved:
+                save_checkpoint({"format": "richkd-deploy/best/1", "model": _classifier_state(stage.classifier),
+                                 "epoch": epoch + 1, "test_acc": test_acc, "holdout_acc": row.get("holdout_acc"),
+                                 **stage.checkpoint_meta}, stage.best)
+            save_checkpoint(state.payload(stage, epoch + 1, 0, None), stage.last)
+        self._log_row(row)
+        if not math.isfinite(row["train_loss"]):
+            raise RichKDError(f"[{stage.name}] training diverged; lower optim.lr")
+        return row
+
+    def _select(self, epoch: int, row: dict[str, Any]) -> bool:
+        """Score the epoch on the holdout split (never the test set) and say whether it
+        becomes best.pt. Without a holdout split there is nothing to select on: best.pt
+        follows the last epoch."""
+        state = self.state
+        if self.holdout_loader is None:
+            state.best_epoch = epoch + 1
+            return True
+        row["holdout_loss"], row["holdout_acc"] = self._evaluate(self.holdout_loader)
+        improved = row["holdout_acc"] > state.best_acc  # a tie keeps the earlier epoch
+        if improved:
+            state.best_acc, state.best_epoch = row["holdout_acc"], epoch + 1
+        row["best_epoch"] = state.best_epoch
+        return improved
+
+    def _log_row(self, row: dict[str, Any]) -> None:
+        stage = self.stage
+        terms_txt = " ".join(f"{k}={row[k]:.4f}" for k in stage.term_names)
+        holdout = (f" holdout_acc={row['holdout_acc']:.4f} (best epoch {row['best_epoch']}: "
+                   f"{self.state.best_acc:.4f})" if "holdout_acc" in row else "")
+        self.ctx.log(f"[{stage.name}] epoch {row['epoch']}/{stage.epochs} loss={row['train_loss']:.4f} {terms_txt} "
+                     f"train_acc={row['train_acc']:.4f} test_acc={row['test_acc']:.4f}{holdout} "
+                     f"({row['seconds']:.1f}s)")
+
+
+@dataclass
+class FitResult:
+    """How a stage ended: the last epoch's metrics row, and the row of the epoch best.pt
+    holds (the best holdout top-1; the last epoch when there is no holdout split)."""
+
+    last: dict[str, Any]
+    best: dict[str, Any]
+    selected_on_holdout: bool
+
+
+def fit(stage: Stage, cfg: OptimConfig, ctx: TrainContext, train_ds: Any, test_loader: Any,
+        holdout_loader: Any | None = None) -> FitResult:
+    """Train `stage` for its epochs (from its `last.pt` when `ctx.resume`). With a
+    `holdout_loader`, every epoch is also scored on it and best.pt keeps the best one."""
+    run = _StageRun(stage, cfg, ctx, train_ds, test_loader, holdout_loader)
+    row: dict[str, Any] = run.state.history[-1] if run.state.history else {}
+    with StopRequest(ctx.dist) as stop:
+        try:
+            for epoch in range(run.state.epoch, stage.epochs):
+                t0 = time.perf_counter()
+                row = run.end_epoch(epoch, run.train_epoch(epoch, stop), t0)
+        finally:
+            run.metrics.close()
         try:
             stop.check()  # a Ctrl-C during the last epoch's evaluation: its checkpoint is already saved
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted after {stage.name} epoch {stage.epochs}; checkpoint saved to "
                                       f"{stage.last}; continue with --resume") from None
-    return row
+    history, best_epoch = run.state.history, run.state.best_epoch
+    best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else row
+    return FitResult(last=row, best=best, selected_on_holdout=holdout_loader is not None)
 
 
 def _rank_seed(seed: int, rank: int) -> int:
     """Rank 0 keeps `seed` (single-process runs are unchanged); other ranks get their own."""
     return seed + 104_729 * rank
-
-
-def _check_world_size(stage: Stage, cfg: OptimConfig, saved: int, now: int, log: RunLog) -> None:
-    """Resuming with another number of processes changes the effective batch and the data
-    order; with linear lr scaling the restored optimiser would also hold the wrong lr."""
-    if saved == now:
-        return
-    if cfg.lr_scaling == "linear":
-        raise CheckpointError(f"{stage.last}: written by {saved} process(es), resumed with {now}; with "
-                              f"optim.lr_scaling linear the learning rate would not match; resume with --nproc {saved}")
-    log.warn(f"[{stage.name}] the checkpoint was written by {saved} process(es), this run has {now}: the effective "
-             "batch and the data order differ from an uninterrupted run")
 
 
 def _classifier_state(classifier: nn.Module) -> dict[str, torch.Tensor]:

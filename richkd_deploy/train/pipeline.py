@@ -20,17 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from richkd_deploy import __version__, data, models
+from richkd_deploy import __version__, data, distill, models
+from richkd_deploy import recipe as recipe_mod
+from richkd_deploy.clip import prepare_clip_targets
 from richkd_deploy.data.for_recipe import RecipeDatasets as Datasets
 from richkd_deploy.data.for_recipe import build_recipe_datasets
-from richkd_deploy.errors import RunError
+from richkd_deploy.errors import CheckpointError, RunError
+from richkd_deploy.models.for_recipe import check_architectures
 from richkd_deploy.recipe import Recipe
 from richkd_deploy.runs import DEFAULT_RUNS_ROOT, RunDir, atomic_write_text, check_writable, run_lock
 from richkd_deploy.student import STUDENT_FORMAT
 from richkd_deploy.train import devices, rng
+from richkd_deploy.train.context import TrainContext
 from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
-from richkd_deploy.train.loop import Stage, evaluate, fit, save_torch, scaled_lr
+from richkd_deploy.train.loop import FitResult, Stage, evaluate, fit, scaled_lr
 
 TEACHER_FORMAT = "richkd-deploy/teacher/1"
 CHECKPOINT_CACHE = Path.home() / ".cache" / "richkd-deploy" / "checkpoints"
@@ -47,8 +51,6 @@ def _prepare_run_folder(recipe: Recipe, run: RunDir, resume: bool, force: bool) 
         raise RunError(f"{run.root} already holds a run; pass --resume to continue it, --force to start over, "
                        "or --run-dir for a new folder")
     if resume and run.recipe.exists():
-        from richkd_deploy import recipe as recipe_mod
-
         previous = recipe_mod.load(run.recipe)
         changed = _changed_keys(previous.to_dict(), recipe.to_dict())
         changed = [k for k in changed if k not in ("source",) and not k.startswith("optim.epochs")]
@@ -103,10 +105,10 @@ def load_teacher_weights(recipe: Recipe, teacher: nn.Module, log: RunLog) -> str
     return str(path)
 
 
-def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.device, log: RunLog, resume: bool,
-                  quiet: bool, dist: DistContext) -> tuple[nn.Module, str]:
+def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext) -> tuple[nn.Module, str]:
     """The teacher, loaded strictly or trained here; its test accuracy is measured
     either way, because public checkpoints have been found below their reported accuracy."""
+    device, log, dist = ctx.device, ctx.log, ctx.dist
     teacher = models.create_model(recipe.teacher.arch, num_classes=len(ds.classes)).to(device)
     test_loader = _loader(ds.test, recipe)
     if recipe.teacher.checkpoint:
@@ -124,10 +126,9 @@ def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.devic
                       epochs=epochs, lr=recipe.teacher.lr or recipe.optim.lr,
                       metrics_comments=[f"richkd-deploy {__version__} teacher stage, arch {recipe.teacher.arch}"],
                       checkpoint_meta={"arch": recipe.teacher.arch, "num_classes": len(ds.classes)})
-        fit(stage, recipe.optim, ds.train, test_loader, data.make_loader, device, recipe.seed,
-            recipe.data.num_workers, log, resume, quiet, dist)
+        fit(stage, recipe.optim, ctx, ds.train, test_loader)
         if dist.is_main:
-            save_torch({"format": TEACHER_FORMAT, "model": teacher.state_dict(), "arch": recipe.teacher.arch,
+            models.save_checkpoint({"format": TEACHER_FORMAT, "model": teacher.state_dict(), "arch": recipe.teacher.arch,
                         "num_classes": len(ds.classes), "classes": ds.classes}, run.teacher)
         dist.barrier()
         if not dist.is_main:  # DDP kept the weights equal, not the BatchNorm statistics: take rank 0's
@@ -142,11 +143,9 @@ def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.devic
     return teacher, source
 
 
-def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.device, log: RunLog, resume: bool,
-                  quiet: bool, dist: DistContext, teacher: nn.Module | None, clip_targets: Any,
-                  comments: list[str]) -> dict[str, Any]:
-    from richkd_deploy import distill
-
+def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, teacher: nn.Module | None,
+                  clip_targets: Any, comments: list[str]) -> tuple[FitResult, nn.Module]:
+    device, dist = ctx.device, ctx.dist
     # Seeded here, not by whatever ran before: building or reusing the CLIP cache (rank 0 builds,
     # the others reuse) draws different amounts of randomness, and the initial student (and
     # embeddings) must not depend on it.
@@ -162,13 +161,45 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, device: torch.devic
                   parameters=list(distiller.trainable_parameters()), folder=run.root, epochs=recipe.optim.epochs,
                   lr=recipe.optim.lr, metrics_comments=comments,
                   checkpoint_meta={"arch": recipe.student.arch, "num_classes": len(ds.classes)})
-    return fit(stage, recipe.optim, ds.train, _loader(ds.test, recipe), data.make_loader, device, recipe.seed,
-               recipe.data.num_workers, log, resume, quiet, dist) | {"student": student}
+    holdout = _loader(ds.holdout, recipe) if ds.holdout is not None and len(ds.holdout) else None
+    return fit(stage, recipe.optim, ctx, ds.train, _loader(ds.test, recipe), holdout), student
+
+
+def select_student(recipe: Recipe, run: RunDir, result: FitResult, student: nn.Module,
+                   log: RunLog) -> dict[str, Any]:
+    """Put the epoch `optim.select` chooses into `student` (rank 0) and return what
+    student.pt records about it: the chosen epoch's row and the last one's."""
+    select = recipe.optim.select
+    if select == "auto":
+        select = "best" if result.selected_on_holdout else "last"
+    if select == "best" and not result.selected_on_holdout:
+        log.warn("optim.select: best, but the holdout split is empty: student.pt holds the last epoch")
+        select = "last"
+    last, best = result.last, result.best
+    chosen = best if select == "best" else last
+    if select == "best" and best.get("epoch") != last.get("epoch"):
+        saved = models.load_checkpoint(run.best)
+        if saved.get("epoch") != best.get("epoch"):
+            raise CheckpointError(f"{run.best} holds epoch {saved.get('epoch')}, the run's best holdout epoch is "
+                                  f"{best.get('epoch')}; retrain with --force")
+        models.load_state_dict_strict(student, saved["model"], source=str(run.best))
+    if result.selected_on_holdout:
+        log(f"student: best epoch {best['epoch']} (holdout top-1 {best['holdout_acc']:.4f}, test top-1 "
+            f"{best['test_acc']:.4f}); last epoch {last['epoch']} (holdout top-1 {last['holdout_acc']:.4f}, "
+            f"test top-1 {last['test_acc']:.4f}); student.pt is the {select} (optim.select {recipe.optim.select})")
+
+    def summary(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: row[k] for k in ("epoch", "holdout_acc", "test_acc") if k in row}
+
+    by = "holdout top-1" if select == "best" else "last epoch"
+    return {"test_acc": chosen.get("test_acc", float("nan")),
+            "selection": {"select": select, "by": by, **summary(chosen)}, "last_epoch": summary(last)}
 
 
 def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False, force: bool = False,
               quiet: bool = False) -> Path:
     """Run every stage of `recipe` and return the run folder (holding student.pt)."""
+    check_architectures(recipe)
     device = devices.resolve_device(recipe.device)
     dist = DistContext.from_env(device.type)
     if dist.enabled and device.type == "cuda":
@@ -197,27 +228,27 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
             f"{opt.batch_size * dist.world_size}; lr {lr:g} (optim.lr_scaling {rule})"
             + (f"; DDP over {torch.distributed.get_backend()}, sync_bn {opt.sync_bn}" if dist.enabled else ""))
 
+        ctx = TrainContext(device=device, log=log, seed=recipe.seed, num_workers=recipe.data.num_workers,
+                           resume=resume, quiet=quiet, dist=dist)
         teacher, teacher_source = (None, None)
         if recipe.needs_teacher:
-            teacher, teacher_source = teacher_stage(recipe, run, ds, device, log, resume, quiet, dist)
+            teacher, teacher_source = teacher_stage(recipe, run, ds, ctx)
         else:
             log("[teacher] vanilla training needs no teacher; skipping the teacher stage")
 
         clip_targets, clip_random = None, False
         comments = [f"richkd-deploy {__version__} student stage, method {recipe.distill.method}, recipe hash {recipe.hash()[:12]}"]
         if recipe.needs_clip:
-            from richkd_deploy.clip import prepare_clip_targets
-
             clip_targets = prepare_clip_targets(recipe, run, ds.train, ds.test, device, log, mean=ds.mean, std=ds.std,
                                                 quiet=quiet, build_cache=dist.is_main)
             clip_random = bool(clip_targets.is_random)
             comments.append(f"clip: {recipe.clip.model} pretrained={recipe.clip.pretrained}"
                             + (" -- RANDOM CLIP WEIGHTS, not for shipping" if clip_random else ""))
 
-        final = student_stage(recipe, run, ds, device, log, resume, quiet, dist, teacher, clip_targets, comments)
-        student = final.pop("student")
+        result, student = student_stage(recipe, run, ds, ctx, teacher, clip_targets, comments)
         if dist.is_main:
-            save_torch(student_payload(recipe, student, ds, clip_random, teacher_source, final), run.student)
+            final = select_student(recipe, run, result, student, log)
+            models.save_checkpoint(student_payload(recipe, student, ds, clip_random, teacher_source, final), run.student)
             log(f"student: {run.student} (test top-1 {final.get('test_acc', float('nan')):.4f})")
         dist.barrier()
     dist.close()
@@ -246,5 +277,7 @@ def student_payload(recipe: Recipe, student: nn.Module, ds: Datasets, clip_rando
         "temperature": None,
         "teacher": {"arch": recipe.teacher.arch, "checkpoint": teacher_source} if teacher_source else None,
         "test_acc": float(final.get("test_acc", float("nan"))),
+        "selection": final.get("selection"),
+        "last_epoch": final.get("last_epoch"),
         "version": __version__,
     }

@@ -1,4 +1,4 @@
-"""Fixtures for the CLIP tests: a tiny random open_clip model (the dataset lives in clip_fakes.py)."""
+"""Fixtures for the CLIP tests: a tiny random open_clip model (the dataset lives in tests/fakes.py)."""
 
 from __future__ import annotations
 

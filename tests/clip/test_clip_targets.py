@@ -5,24 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from clip_fakes import MEAN, STD, FakeDataset
 
-from richkd_deploy.clip.prompts import ZeroShotHead, build_class_embeddings
-from richkd_deploy.clip.targets import (
+from richkd_deploy.clip.cache import (
     FEATURES_FILE,
     LOGITS_FILE,
     META_FILE,
     CachedClipTargets,
     ClipCacheError,
-    OnlineClipTargets,
     build_clip_cache,
     cache_fingerprint,
-    prepare_clip_targets,
     validate_clip_cache,
     wait_for_clip_cache,
 )
+from richkd_deploy.clip.online import OnlineClipTargets
+from richkd_deploy.clip.prompts import ZeroShotHead, build_class_embeddings
+from richkd_deploy.clip.targets import prepare_clip_targets
 from richkd_deploy.recipe import from_dict
 from richkd_deploy.runs import RunDir
+from tests.fakes import MEAN, STD, FakeDataset
 
 
 def make_recipe(**clip):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from distill_fakes import MEAN, STD, FakeDataset
+
+from tests.fakes import MEAN, STD, FakeDataset
 
 
 @pytest.fixture(scope="session")

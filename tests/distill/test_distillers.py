@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 import torch
-from distill_fakes import TinyNet
 
 from richkd_deploy.distill.distillers import create_distiller, list_distillers, term_names
 from richkd_deploy.errors import RecipeError
 from richkd_deploy.recipe import DISTILL_METHODS, DistillConfig
+from tests.fakes import TinyNet
 
 CFG = DistillConfig(nce_k=8, feat_dim=16)
 EXPECTED = {"vanilla": ["ce"], "kd": ["ce", "kd"], "crd": ["ce", "crd"], "richkd_l": ["ce", "kd"],

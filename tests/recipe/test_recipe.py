@@ -104,3 +104,24 @@ def test_round_trip_through_yaml(repo, tmp_path):
     p = tmp_path / "again.yaml"
     p.write_text(r.to_yaml())
     assert recipe.load(p).hash() == r.hash()
+
+
+def test_recipe_module_imports_nothing_above_it(repo):
+    """The recipe is the ground floor: its only project import is the error hierarchy."""
+    import ast
+
+    tree = ast.parse((repo / "richkd_deploy" / "recipe.py").read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {n for n in names if n.startswith("richkd_deploy")} == {"richkd_deploy.errors"}
+
+
+def test_recipe_check_names_an_unknown_architecture_on_one_line(tmp_path):
+    """The check moved from recipe.py to models/for_recipe.py; the CLI's answer is the same."""
+    from tests.train.helpers import cli
+
+    out = cli("recipe", "check", str(write(tmp_path, {"student": {"arch": "resnet8x5"}})))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: student.arch: unknown architecture 'resnet8x5'; did you "
+                                                   "mean resnet8x4") and lines[0].endswith("see richkd-deploy models")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from richkd_deploy.clip.targets import LOGITS_FILE, validate_clip_cache
+from richkd_deploy.clip.cache import LOGITS_FILE, validate_clip_cache
 from richkd_deploy.errors import ArtifactError
 from richkd_deploy.manifest import read_manifest, verify_artifact
 from richkd_deploy.models import create_model

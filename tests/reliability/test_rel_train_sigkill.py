@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from richkd_deploy.clip.targets import FEATURES_FILE, LOGITS_FILE, validate_clip_cache
+from richkd_deploy.clip.cache import FEATURES_FILE, LOGITS_FILE, validate_clip_cache
 from tests.reliability.rel_helpers import CLIP_BATCHES, STEPS_PER_EPOCH, TRAIN, kill_at, run_cli
 from tests.train.helpers import same_weights
 

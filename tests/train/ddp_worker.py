@@ -26,6 +26,7 @@ from torch import nn
 from richkd_deploy.data import make_loader
 from richkd_deploy.distill import create_distiller
 from richkd_deploy.recipe import DistillConfig, OptimConfig
+from richkd_deploy.train.context import TrainContext
 from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
 from richkd_deploy.train.loop import Stage, fit
@@ -77,8 +78,9 @@ def run(name: str, method: str, n: int, epochs: int, out: Path, dist: DistContex
                   folder=out / (folder or name), epochs=epochs, lr=optim.lr)
     test = make_loader(Data(32), batch_size=16, shuffle=False, num_workers=0, seed=0)
     log = RunLog(out / (folder or name) / "log.txt", quiet=True, enabled=dist.is_main)
-    fit(stage, optim, Data(n), test, make_loader, torch.device("cpu"), seed=7, num_workers=0, log=log,
-        resume=resume, quiet=True, dist=dist)
+    ctx = TrainContext(device=torch.device("cpu"), log=log, seed=7, num_workers=0, resume=resume, quiet=True,
+                       dist=dist)
+    fit(stage, optim, ctx, Data(n), test)
     torch.save(distiller.state_dict(), out / f"{name}.rank{dist.rank}.pt")
 
 

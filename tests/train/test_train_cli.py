@@ -39,12 +39,15 @@ def test_vanilla_smoke_run_end_to_end(tmp_path):
 
 
 def test_resume_at_an_epoch_boundary_matches_an_uninterrupted_run(tmp_path):
-    full = cli("train", str(SMOKE), *VANILLA, "-o", "optim.epochs=2", "--run-dir", str(tmp_path / "a"), "--quiet")
+    # optim.select last: student.pt is the last epoch's weights, so the two runs differ before the resume
+    # (test_selection.py resumes with the best-holdout choice)
+    last = ("-o", "optim.select=last")
+    full = cli("train", str(SMOKE), *VANILLA, *last, "-o", "optim.epochs=2", "--run-dir", str(tmp_path / "a"), "--quiet")
     assert full.returncode == 0, full.stderr
-    first = cli("train", str(SMOKE), *VANILLA, "-o", "optim.epochs=1", "--run-dir", str(tmp_path / "b"), "--quiet")
+    first = cli("train", str(SMOKE), *VANILLA, *last, "-o", "optim.epochs=1", "--run-dir", str(tmp_path / "b"), "--quiet")
     assert first.returncode == 0, first.stderr
     assert not same_weights(tmp_path / "a" / "student.pt", tmp_path / "b" / "student.pt")
-    resumed = cli("train", str(SMOKE), *VANILLA, "-o", "optim.epochs=2", "--run-dir", str(tmp_path / "b"),
+    resumed = cli("train", str(SMOKE), *VANILLA, *last, "-o", "optim.epochs=2", "--run-dir", str(tmp_path / "b"),
                   "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert same_weights(tmp_path / "a" / "student.pt", tmp_path / "b" / "student.pt")
