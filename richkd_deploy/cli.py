@@ -139,11 +139,22 @@ def bench(run: str | None, threads: int | None, iters: int) -> None:
 @cli.command("models")
 @click.argument("pattern", required=False)
 def list_models_cmd(pattern: str | None) -> None:
-    """List the registered architectures (optionally matching a glob PATTERN)."""
-    from richkd_deploy.models import list_models
+    """List architectures (zoo, torchvision/<name>, timm/<name>) matching a glob PATTERN,
+    with parameter count and default input size."""
+    from richkd_deploy.errors import RecipeError
+    from richkd_deploy.models.catalog import TIMM_BUDGET, format_params, model_rows
 
-    for name in list_models(pattern):
-        click.echo(name)
+    rows = model_rows(pattern)
+    if not rows:
+        raise RecipeError(f"no model matches {pattern!r}; try a glob such as 'timm/mobilenet*' or 'torchvision/*'")
+    width = max(len(r.name) for r in rows)
+    click.echo(f"{'name':<{width}}  {'params':>8}  input")
+    for r in rows:
+        click.echo(f"{r.name:<{width}}  {format_params(r.params):>8}  {r.input_size}")
+    unknown = sum(r.params is None for r in rows)
+    if unknown:
+        click.echo(f"? = not counted yet ({unknown} timm models; {TIMM_BUDGET} are counted per call and cached): "
+                   "narrow the PATTERN, e.g. 'timm/mobilenetv3*'")
 
 
 def main(argv: list[str] | None = None) -> None:
