@@ -69,7 +69,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TeacherConfig:
     arch: str = "resnet32x4"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # the finished teacher (file, URL or library tag), loaded strictly
+    init: str | None = None  # weights to fine-tune the teacher from (its classifier replaced if needed)
     checkpoint_member: str | None = None
     sha256: str | None = None
     epochs: int | None = None
@@ -79,6 +80,7 @@ class TeacherConfig:
 @dataclass(frozen=True)
 class StudentConfig:
     arch: str = "resnet8x4"
+    init: str | None = None  # starting weights (file, URL or library tag such as imagenet); null: random
 
 
 @dataclass(frozen=True)
@@ -425,15 +427,29 @@ def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
         raise RecipeError("data.std: every value must be positive")
     if recipe.data.dataset == "imagefolder" and recipe.data.root is None:
         raise RecipeError("data.root: imagefolder needs a folder with train/ and test/ subfolders")
+    if recipe.teacher.checkpoint and recipe.teacher.init:
+        raise RecipeError("teacher: set either checkpoint (a finished teacher) or init (weights to fine-tune it "
+                          "from), not both")
     if not check_files:
         return
     if recipe.data.root is not None and not Path(recipe.data.root).exists() and recipe.data.dataset != "cifar10" \
             and recipe.data.dataset != "cifar100":
         raise RecipeError(f"data.root: {recipe.data.root} does not exist")
-    ckpt = recipe.teacher.checkpoint
-    if ckpt and not ckpt.startswith(("http://", "https://")):
-        if not Path(ckpt).is_file():
-            raise RecipeError(f"teacher.checkpoint: {ckpt} is not a file; give a local path, an http(s) URL, or null to train the teacher")
+    from richkd_deploy.models.pretrained import check_spec
+
+    for key, arch, spec in (("teacher.checkpoint", recipe.teacher.arch, recipe.teacher.checkpoint),
+                            ("teacher.init", recipe.teacher.arch, recipe.teacher.init),
+                            ("student.init", recipe.student.arch, recipe.student.init)):
+        check_spec(arch, spec, key)
+
+
+def _weights_path(spec: str, base: Path) -> bool:
+    """A weights spec that names a file (resolved relative to the recipe), not a URL or a
+    library tag such as `imagenet`; the same rule as `models.pretrained.is_path`."""
+    if spec.lower().startswith(("http://", "https://")):
+        return False
+    return ("/" in spec or spec.startswith((".", "~")) or (base / spec).exists()
+            or spec.lower().endswith((".pth", ".pt", ".safetensors", ".bin", ".ckpt", ".tar")))
 
 
 _MAX_DEPTH = 32
@@ -472,10 +488,11 @@ def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | No
         parts, value = _parse_override(text)
         _apply_override(data, parts, value)
     base = Path(base_dir).resolve()
-    ckpt = (data.get("teacher") or {}).get("checkpoint") if isinstance(data.get("teacher"), dict) else None
-    if isinstance(ckpt, str) and ckpt and not ckpt.startswith(("http://", "https://")):
-        p = Path(ckpt).expanduser()
-        data["teacher"]["checkpoint"] = str(p if p.is_absolute() else (base / p).resolve())
+    for section, key in (("teacher", "checkpoint"), ("teacher", "init"), ("student", "init")):
+        ckpt = (data.get(section) or {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(ckpt, str) and ckpt and _weights_path(ckpt, base):  # a library tag stays as it is
+            p = Path(ckpt).expanduser()
+            data[section][key] = str(p if p.is_absolute() else (base / p).resolve())
     data.pop("source", None)  # a saved recipe.yaml records where it came from; not a setting
     pretrained = (data.get("clip") or {}).get("pretrained") if isinstance(data.get("clip"), dict) else None
     if isinstance(pretrained, str) and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
