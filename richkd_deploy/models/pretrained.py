@@ -253,7 +253,9 @@ def load_except_classifier(model: nn.Module, state: Mapping[str, Any], source: s
             f"{expected[w_key].shape[0]}: {head_prefix} replaced by a freshly initialised layer")
     hint = (f"check {key} against the architecture" if replace_classifier else
             "check teacher.arch / data.dataset, or set teacher.init instead to fine-tune from these weights")
-    load_state_dict_strict(target, state, source=source, hint=hint)
+    if target is not model:  # loaded through the wrapper, so errors name the architecture and class count
+        state = {f"model.{k}": v for k, v in state.items()}
+    load_state_dict_strict(model, state, source=source, hint=hint)
     return replaced
 
 
