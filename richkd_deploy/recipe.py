@@ -61,6 +61,10 @@ class DataConfig:
     num_workers: int = 2
     crop_padding: int = 4
     hflip: bool = True
+    train_crop: Literal["pad", "random_resized"] = "pad"  # CIFAR's padded crop, or ImageNet's random resized crop
+    crop_scale_min: float = 0.08  # random_resized: smallest crop area, as a fraction of the image
+    eval_crop_ratio: float | None = None  # e.g. 0.875: resize to input_size/0.875, centre-crop; null: resize whole
+    bad_files: Literal["error", "skip"] = "error"  # unreadable images in a folder: refuse before training, or skip
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     synthetic_fallback: bool = False  # smoke tests: use generated images when the dataset is absent
@@ -220,6 +224,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.holdout_fraction": (lambda v: 0.0 <= v < 0.9, "a fraction in [0, 0.9)"),
     "data.num_workers": (lambda v: 0 <= v <= 64, "an integer from 0 to 64"),
     "data.crop_padding": (lambda v: 0 <= v <= 64, "an integer from 0 to 64"),
+    "data.crop_scale_min": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    "data.eval_crop_ratio": (lambda v: v is None or 0.25 <= v <= 1, "null or a fraction in [0.25, 1]"),
     "teacher.epochs": (lambda v: v is None or 1 <= v <= 10000, "null or 1..10000"),
     "teacher.lr": (lambda v: v is None or 0 < v <= 10, "null or a number in (0, 10]"),
     "clip.batch_size": (lambda v: 1 <= v <= 65536, "1..65536"),
