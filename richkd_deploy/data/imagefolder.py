@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,7 +108,8 @@ class ImageFolderIndexed(IndexedDataset):
             paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
             if not paths:
                 raise DataError(f"{folder}: none of its images can be read; check the files")
-        return cls(paths, np.asarray(labels, dtype=np.int64), classes, None, "imagefolder", root, bad_files)
+        return cls(paths, np.asarray(labels, dtype=np.int64), class_display_names(classes), None, "imagefolder",
+                   root, bad_files)
 
     def _load(self, index: int) -> np.ndarray:
         path = self.paths[index]
@@ -232,3 +234,21 @@ def scan_files(paths: Sequence[Path]) -> dict[Path, str]:
         except (OSError, ValueError, SyntaxError) as e:
             bad[path] = f"{type(e).__name__}: {e}"
     return bad
+
+
+_WNID = re.compile(r"n\d{8}")
+
+
+def class_display_names(folders: list[str]) -> list[str]:
+    """Class names as people (and CLIP's prompts) read them. Folder names, except for
+    torchvision's ImageNet layout -- the 1000 WordNet ids `n01440764`... -- whose names
+    are torchvision's ImageNet categories (same sorted-wnid order, shipped in its code,
+    no download); the two names ImageNet repeats get a suffix so names stay unique."""
+    if len(folders) != 1000 or not all(_WNID.fullmatch(f) for f in folders):
+        return folders
+    from torchvision.models import ResNet18_Weights
+
+    names: list[str] = []
+    for name in ResNet18_Weights.IMAGENET1K_V1.meta["categories"]:
+        names.append(name if name not in names else f"{name} ({names.count(name) + 1})")
+    return names

@@ -164,3 +164,21 @@ def test_uint8_batch_uses_the_eval_crop(tmp_path: Path) -> None:
     from richkd_deploy.data.transforms import normalize_batch
 
     torch.testing.assert_close(normalize_batch(u8, MEAN, STD), ref)
+
+
+def test_imagenet_layout_gets_category_names(tmp_path: Path) -> None:
+    """torchvision's ImageNet layout: 1000 wnid folders; CLIP must read 'tench', not 'n01440764'."""
+    from torchvision.models import ResNet18_Weights
+
+    from richkd_deploy.data.imagefolder import class_display_names
+
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    names = class_display_names(wnids)
+    assert names[0] == "tench" and len(set(names)) == 1000
+    assert names[:10] == ResNet18_Weights.IMAGENET1K_V1.meta["categories"][:10]
+    assert class_display_names(["ok", "scratch"]) == ["ok", "scratch"]
+    for split in ("train", "val"):
+        for w in ("n01440764", "n01443537"):
+            (tmp_path / split / w).mkdir(parents=True)
+            _jpeg(tmp_path / split / w / "x.JPEG", (40, 30))
+    assert build_dataset("imagefolder", "test", root=tmp_path).classes == ["n01440764", "n01443537"]  # not 1000
