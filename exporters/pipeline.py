@@ -379,7 +379,9 @@ def _recipe_of(run: RunDir, payload: dict[str, Any]) -> Any:
 
     data = json.loads(json.dumps(payload.get("recipe") or {}))
     if isinstance(data.get("teacher"), dict):
-        data["teacher"]["checkpoint"] = None
+        data["teacher"]["checkpoint"] = data["teacher"]["init"] = None
+    if isinstance(data.get("student"), dict):
+        data["student"]["init"] = None  # starting weights: done with once trained
     if data:
         return recipe_mod.from_dict(data, base_dir=run.root)
     return recipe_mod.load(run.recipe)
@@ -393,7 +395,8 @@ def build_export_data(recipe: Any, payload: dict[str, Any]) -> ExportData:
     from richkd_deploy.data.for_recipe import build_eval_datasets
 
     ds = build_eval_datasets(recipe)
-    eval_t = data.eval_transform(int(payload["input_size"]), tuple(payload["mean"]), tuple(payload["std"]))
+    eval_t = data.eval_transform(int(payload["input_size"]), tuple(payload["mean"]), tuple(payload["std"]),
+                                 crop_ratio=recipe.data.eval_crop_ratio)
     calibration = data.limit_dataset(ds.train, recipe.export.calibration_images, recipe.seed).with_transform(eval_t)
     return ExportData(test=ds.test.with_transform(eval_t), calibration=calibration, dataset=ds.dataset)
 

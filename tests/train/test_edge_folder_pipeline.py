@@ -84,6 +84,8 @@ def test_train_export_validate_at_224px(edge_recipe: Path) -> None:
     payload = torch.load(run / "student.pt", map_location="cpu", weights_only=True)
     assert payload["arch"] == "timm/mobilenetv3_small_050" and payload["input_size"] == 224
 
+    for init in ("teacher_init.pth", "student_init.safetensors"):  # starting weights are not needed any more
+        (edge_recipe.parent / init).unlink()
     t0 = time.monotonic()
     out = cli("export", str(run), "--quiet", timeout=600)
     times["export"] = time.monotonic() - t0
