@@ -203,17 +203,24 @@ class TorchvisionClassifier(LibraryClassifier):
             _set_submodule(model, self._head_path, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
         super().__init__(model, num_classes, torchvision_input_size(arch))
         self._captured: list[Tensor] = []
+        self._capturing = False
         self.get_classifier().register_forward_pre_hook(self._capture)
 
     def _capture(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
-        self._captured.append(args[0])
+        # only while our forward runs: the export view (the library module alone) keeps nothing
+        if self._capturing:
+            self._captured.append(args[0])
 
     def get_classifier(self) -> nn.Linear:
         return self.model.get_submodule(self._head_path)  # type: ignore[return-value]
 
     def forward(self, x: Tensor) -> ModelOutput:
         self._captured.clear()
-        logits = self.model(x)
+        self._capturing = True
+        try:
+            logits = self.model(x)
+        finally:
+            self._capturing = False
         features = self._captured.pop()
         return ModelOutput(logits, torch.flatten(features, 1))
 
