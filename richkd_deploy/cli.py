@@ -94,10 +94,25 @@ def train(recipe_file: str, overrides: tuple[str, ...], run_dir: str | None, res
 @click.option("--trt", is_flag=True, help="also build TensorRT engines (needs tensorrt and an NVIDIA GPU)")
 @click.option("--force", is_flag=True, help="replace an existing export")
 @click.option("--quiet", is_flag=True)
-def export(run: str | None, trt: bool, force: bool, quiet: bool) -> None:
+@click.option("--weights", help="a model trained elsewhere: .pth/.safetensors file or library tag (needs --arch, "
+                                "--data; RUN is the folder to create)")
+@click.option("--arch", help="with --weights: torchvision/<name> or timm/<name> (see richkd-deploy models)")
+@click.option("--data", "data_root", type=click.Path(file_okay=False), help="with --weights: image folder "
+              "(train/ for calibration, val/ or test/ for the verdict)")
+@click.option("--input-size", type=click.IntRange(8, 4096), help="with --weights: default the model's own")
+@_overrides_option
+def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | None, arch: str | None,
+           data_root: str | None, input_size: int | None, overrides: tuple[str, ...]) -> None:
     """Export a finished run to ONNX (fp32, fp16, int8 Q/DQ) and, with --trt, TensorRT."""
     from exporters.pipeline import export_run
 
+    if weights is not None or arch is not None or data_root is not None:
+        if not (weights and arch and data_root and run):
+            raise RichKDError("export --weights needs --arch, --data and a RUN folder to create")
+        from richkd_deploy.models.adopt import adopt_checkpoint
+
+        adopt_checkpoint(weights, arch, data_root, run, input_size=input_size, force=force, overrides=overrides,
+                         log=(lambda m: None) if quiet else click.echo)
     root = _resolve_run(run)
     export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo)
     click.echo(f"done: {root / 'export' / 'manifest.json'}")
