@@ -189,6 +189,21 @@ def locate(arch: str, spec: str, key: str, cache_dir: Path, member: str | None =
     return _fetch_remote(resolve_tag(arch, spec, key), key, cache_dir, progress)
 
 
+def fetch_all(recipe: Any, cache_dir: Path, progress: bool = True) -> None:
+    """Locate (downloading where needed and allowed) every weight file `recipe` names,
+    so that no network or a missing file stops a run before any training, not after
+    an hour of teacher training when the student's weights are wanted."""
+    t = recipe.teacher
+    specs: list[tuple[str, str, str | None, str | None, str | None]] = []
+    if recipe.needs_teacher:
+        specs += [("teacher.checkpoint", t.arch, t.checkpoint, t.checkpoint_member, t.sha256),
+                  ("teacher.init", t.arch, t.init, None, None)]
+    specs.append(("student.init", recipe.student.arch, recipe.student.init, None, None))
+    for key, arch, spec, member, sha256 in specs:
+        if spec:
+            locate(arch, spec, key, cache_dir, member=member, sha256=sha256, progress=progress)
+
+
 def read_state_dict(path: Path) -> Mapping[str, Any]:
     """Tensors from a `.safetensors` file (timm's format) or a torch file read with
     weights_only (`checkpoint.load_checkpoint`)."""

@@ -193,6 +193,8 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
         torch.manual_seed(recipe.seed)
         log(f"richkd-deploy {__version__}: recipe {recipe.name} ({recipe.source or 'inline'}), "
             f"method {recipe.distill.method}, device {device}, run folder {run.root}")
+        with dist.main_first():  # every weight file the recipe names, before any training (offline: fail now)
+            pretrained.fetch_all(recipe, CHECKPOINT_CACHE, progress=not quiet)
         with dist.main_first():  # one download of the dataset
             ds = build_recipe_datasets(recipe)
         if ds.dataset != recipe.data.dataset:

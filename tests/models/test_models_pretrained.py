@@ -119,9 +119,11 @@ def test_offline_tag_is_one_fast_line_naming_the_file(tmp_path: Path, monkeypatc
 def test_cli_offline_tag_exits_2_before_training(tmp_path: Path, monkeypatch) -> None:
     from tests.train.helpers import SMOKE, cli
 
-    out = cli("train", str(SMOKE), "-o", "distill.method=vanilla", "-o", "student.arch=torchvision/resnet18",
+    # kd: the smoke recipe trains a teacher first; the student's missing weights must stop the run before that
+    out = cli("train", str(SMOKE), "-o", "distill.method=kd", "-o", "student.arch=torchvision/resnet18",
               "-o", "student.init=imagenet", "--run-dir", str(tmp_path / "run"), "--quiet",
               env={"TORCH_HOME": str(tmp_path / "torch")})  # cli() sets HF_HUB_OFFLINE=1
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "resnet18-f37072fd.pth" in out.stderr
-    assert not (tmp_path / "run" / "student.pt").exists()
+    assert not (tmp_path / "run" / "student.pt").exists() and not (tmp_path / "run" / "teacher").exists()
+    assert "[teacher]" not in (tmp_path / "run" / "train.log").read_text()
