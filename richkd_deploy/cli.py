@@ -126,10 +126,25 @@ def train(recipe_file: str, overrides: tuple[str, ...], run_dir: str | None, res
 @click.option("--trt", is_flag=True, help="also build TensorRT engines (needs tensorrt and an NVIDIA GPU)")
 @click.option("--force", is_flag=True, help="replace an existing export")
 @click.option("--quiet", is_flag=True)
-def export(run: str | None, trt: bool, force: bool, quiet: bool) -> None:
+@click.option("--weights", help="a model trained elsewhere: .pth/.safetensors file or library tag (needs --arch, "
+                                "--data; RUN is the folder to create)")
+@click.option("--arch", help="with --weights: torchvision/<name> or timm/<name> (see richkd-deploy models)")
+@click.option("--data", "data_root", type=click.Path(file_okay=False), help="with --weights: image folder "
+              "(train/ for calibration, val/ or test/ for the verdict)")
+@click.option("--input-size", type=click.IntRange(8, 4096), help="with --weights: default the model's own")
+@_overrides_option
+def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | None, arch: str | None,
+           data_root: str | None, input_size: int | None, overrides: tuple[str, ...]) -> None:
     """Export a finished run to ONNX (fp32, fp16, int8 Q/DQ) and, with --trt, TensorRT."""
     from exporters.pipeline import export_run
 
+    if weights is not None or arch is not None or data_root is not None:
+        if not (weights and arch and data_root and run):
+            raise RichKDError("export --weights needs --arch, --data and a RUN folder to create")
+        from richkd_deploy.adopt import adopt_checkpoint
+
+        adopt_checkpoint(weights, arch, data_root, run, input_size=input_size, force=force, overrides=overrides,
+                         log=(lambda m: None) if quiet else click.echo)
     root = _resolve_run(run)
     export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo)
     click.echo(f"done: {root / 'export' / 'manifest.json'}")
@@ -194,11 +209,22 @@ def verify(artifact: str, runtime: str, provider: str, golden: str | None, atol:
 @cli.command("models")
 @click.argument("pattern", required=False)
 def list_models_cmd(pattern: str | None) -> None:
-    """List the registered architectures (optionally matching a glob PATTERN)."""
-    from richkd_deploy.models import list_models
+    """List architectures (zoo, torchvision/<name>, timm/<name>) matching a glob PATTERN,
+    with parameter count and default input size."""
+    from richkd_deploy.errors import RecipeError
+    from richkd_deploy.models.catalog import TIMM_BUDGET, format_params, model_rows
 
-    for name in list_models(pattern):
-        click.echo(name)
+    rows = model_rows(pattern)
+    if not rows:
+        raise RecipeError(f"no model matches {pattern!r}; try a glob such as 'timm/mobilenet*' or 'torchvision/*'")
+    width = max(len(r.name) for r in rows)
+    click.echo(f"{'name':<{width}}  {'params':>8}  input")
+    for r in rows:
+        click.echo(f"{r.name:<{width}}  {format_params(r.params):>8}  {r.input_size}")
+    unknown = sum(r.params is None for r in rows)
+    if unknown:
+        click.echo(f"? = not counted yet ({unknown} timm models; {TIMM_BUDGET} are counted per call and cached): "
+                   "narrow the PATTERN, e.g. 'timm/mobilenetv3*'")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,6 +61,10 @@ class DataConfig:
     num_workers: int = 2
     crop_padding: int = 4
     hflip: bool = True
+    train_crop: Literal["pad", "random_resized"] = "pad"  # CIFAR's padded crop, or ImageNet's random resized crop
+    crop_scale_min: float = 0.08  # random_resized: smallest crop area, as a fraction of the image
+    eval_crop_ratio: float | None = None  # e.g. 0.875: resize to input_size/0.875, centre-crop; null: resize whole
+    bad_files: Literal["error", "skip"] = "error"  # unreadable images in a folder: refuse before training, or skip
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     synthetic_fallback: bool = False  # smoke tests: use generated images when the dataset is absent
@@ -69,7 +73,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TeacherConfig:
     arch: str = "resnet32x4"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # the finished teacher (file, URL or library tag), loaded strictly
+    init: str | None = None  # weights to fine-tune the teacher from (its classifier replaced if needed)
     checkpoint_member: str | None = None
     sha256: str | None = None
     epochs: int | None = None
@@ -79,6 +84,7 @@ class TeacherConfig:
 @dataclass(frozen=True)
 class StudentConfig:
     arch: str = "resnet8x4"
+    init: str | None = None  # starting weights (file, URL or library tag such as imagenet); null: random
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.holdout_fraction": (lambda v: 0.0 <= v < 0.9, "a fraction in [0, 0.9)"),
     "data.num_workers": (lambda v: 0 <= v <= 64, "an integer from 0 to 64"),
     "data.crop_padding": (lambda v: 0 <= v <= 64, "an integer from 0 to 64"),
+    "data.crop_scale_min": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    "data.eval_crop_ratio": (lambda v: v is None or 0.25 <= v <= 1, "null or a fraction in [0.25, 1]"),
     "teacher.epochs": (lambda v: v is None or 1 <= v <= 10000, "null or 1..10000"),
     "teacher.lr": (lambda v: v is None or 0 < v <= 10, "null or a number in (0, 10]"),
     "clip.batch_size": (lambda v: 1 <= v <= 65536, "1..65536"),
@@ -424,15 +432,29 @@ def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
         raise RecipeError("data.std: every value must be positive")
     if recipe.data.dataset == "imagefolder" and recipe.data.root is None:
         raise RecipeError("data.root: imagefolder needs a folder with train/ and test/ subfolders")
+    if recipe.teacher.checkpoint and recipe.teacher.init:
+        raise RecipeError("teacher: set either checkpoint (a finished teacher) or init (weights to fine-tune it "
+                          "from), not both")
     if not check_files:
         return
     if recipe.data.root is not None and not Path(recipe.data.root).exists() and recipe.data.dataset != "cifar10" \
             and recipe.data.dataset != "cifar100":
         raise RecipeError(f"data.root: {recipe.data.root} does not exist")
-    ckpt = recipe.teacher.checkpoint
-    if ckpt and not ckpt.startswith(("http://", "https://")):
-        if not Path(ckpt).is_file():
-            raise RecipeError(f"teacher.checkpoint: {ckpt} is not a file; give a local path, an http(s) URL, or null to train the teacher")
+    from richkd_deploy.models.pretrained import check_spec
+
+    for key, arch, spec in (("teacher.checkpoint", recipe.teacher.arch, recipe.teacher.checkpoint),
+                            ("teacher.init", recipe.teacher.arch, recipe.teacher.init),
+                            ("student.init", recipe.student.arch, recipe.student.init)):
+        check_spec(arch, spec, key)
+
+
+def _weights_path(spec: str, base: Path) -> bool:
+    """A weights spec that names a file (resolved relative to the recipe), not a URL or a
+    library tag such as `imagenet`; the same rule as `models.pretrained.is_path`."""
+    if spec.lower().startswith(("http://", "https://")):
+        return False
+    return ("/" in spec or spec.startswith((".", "~")) or (base / spec).exists()
+            or spec.lower().endswith((".pth", ".pt", ".safetensors", ".bin", ".ckpt", ".tar")))
 
 
 _MAX_DEPTH = 32
@@ -471,10 +493,11 @@ def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | No
         parts, value = _parse_override(text)
         _apply_override(data, parts, value)
     base = Path(base_dir).resolve()
-    ckpt = (data.get("teacher") or {}).get("checkpoint") if isinstance(data.get("teacher"), dict) else None
-    if isinstance(ckpt, str) and ckpt and not ckpt.startswith(("http://", "https://")):
-        p = Path(ckpt).expanduser()
-        data["teacher"]["checkpoint"] = str(p if p.is_absolute() else (base / p).resolve())
+    for section, key in (("teacher", "checkpoint"), ("teacher", "init"), ("student", "init")):
+        ckpt = (data.get(section) or {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(ckpt, str) and ckpt and _weights_path(ckpt, base):  # a library tag stays as it is
+            p = Path(ckpt).expanduser()
+            data[section][key] = str(p if p.is_absolute() else (base / p).resolve())
     data.pop("source", None)  # a saved recipe.yaml records where it came from; not a setting
     pretrained = (data.get("clip") or {}).get("pretrained") if isinstance(data.get("clip"), dict) else None
     if isinstance(pretrained, str) and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):

@@ -8,6 +8,7 @@ was trained with is rebuilt one way only: from the copy embedded in the file (a 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,10 @@ def recipe_of(meta: dict[str, Any], path: Path | None = None) -> Recipe:
     data = meta.get("recipe")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path or 'student.pt'} lacks recipe; retrain with this version of richkd-deploy")
+    data = json.loads(json.dumps(data))  # a copy: the starting weights are done with once trained
+    for section in ("teacher", "student"):
+        if isinstance(data.get(section), dict) and "init" in data[section]:
+            data[section]["init"] = None
     return from_dict(data, base_dir=path.parent if path is not None else ".", check_files=False)
 
 

@@ -17,7 +17,8 @@ __all__ = ["DATASETS", "build_dataset"]
 
 
 def build_dataset(name: str, split: str, root: str | Path | None = None, download: bool = True,
-                  limit: int | None = None, seed: int = 0) -> ImageArrayDataset | ImageFolderIndexed:
+                  limit: int | None = None, seed: int = 0,
+                  bad_files: str = "error") -> ImageArrayDataset | ImageFolderIndexed:
     """Dataset `name` ("cifar10", "cifar100", "fashion-mnist", "imagefolder",
     "synthetic"), split "train" or "test", without a transform (set one with
     `with_transform`).
@@ -25,7 +26,8 @@ def build_dataset(name: str, split: str, root: str | Path | None = None, downloa
     `root` is the data folder (each dataset has a default except imagefolder);
     `download` lets CIFAR be fetched when absent; `limit` keeps a seeded,
     class-balanced subset of that many samples (synthetic generates exactly that
-    many). Missing data raises DataError saying where to put it.
+    many). Missing data raises DataError saying where to put it. `bad_files`
+    ("error" or "skip") is what an image folder does with unreadable files.
     """
     key = canonical_name(name)
     if split not in ("train", "test"):
@@ -39,7 +41,7 @@ def build_dataset(name: str, split: str, root: str | Path | None = None, downloa
     elif key == "imagefolder":
         if root is None:
             raise DataError("data.root: imagefolder needs a folder with train/ and test/ subfolders of class folders")
-        dataset = ImageFolderIndexed.from_root(root, split)
+        dataset = ImageFolderIndexed.from_root(root, split, bad_files=bad_files)
     else:
         return make_synthetic(split, limit, seed)
     return limit_dataset(dataset, limit, seed)

@@ -35,7 +35,7 @@ def _load(recipe: Recipe, split: str, limit: int | None) -> tuple[Any, str]:
     d = recipe.data
     try:
         return build_dataset(d.dataset, split, root=d.root, download=d.download, limit=limit,
-                                  seed=recipe.seed), d.dataset
+                             seed=recipe.seed, bad_files=d.bad_files), d.dataset
     except DataError:
         if not d.synthetic_fallback:
             raise
@@ -53,9 +53,9 @@ def build_recipe_datasets(recipe: Recipe, test_limit: int | None = None) -> Reci
         train, holdout = holdout_split(train_full, d.holdout_fraction, seed=recipe.seed)
     else:
         train, holdout = train_full, None
-    eval_t = eval_transform(d.input_size, mean, std)
+    eval_t = eval_transform(d.input_size, mean, std, crop_ratio=d.eval_crop_ratio)
     train = train.with_transform(train_transform(d.input_size, mean, std, crop_padding=d.crop_padding,
-                                                      hflip=d.hflip))
+                                                 hflip=d.hflip, crop=d.train_crop, scale=(d.crop_scale_min, 1.0)))
     return RecipeDatasets(train=train, holdout=holdout.with_transform(eval_t) if holdout is not None else None,
                           test=test.with_transform(eval_t), classes=list(train_full.classes), mean=mean, std=std,
                           dataset=used)

@@ -112,6 +112,18 @@ def _resize_hwc(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize_uint8(to_uint8_chw(image), size).permute(1, 2, 0).numpy()
 
 
+def crop_resize(image: np.ndarray, top: int, left: int, height: int, width: int,
+                size: tuple[int, int]) -> np.ndarray:
+    """The window (top, left, height, width) of a uint8 HWC image resized to `size` in one
+    PIL bilinear pass (area-filtered when shrinking, like torchvision's PIL path): 2-3x
+    faster than a torch resize for photo-sized inputs, and no intermediate crop copy."""
+    if (height, width) == size and image.shape[:2] == size:
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    out = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=(left, top, left + width, top + height))
+    return np.array(out)  # writable: torch.from_numpy warns on read-only memory
+
+
 class Normalize:
     """uint8 -> (x/255 - mean)/std as float32, one multiply and one add. Takes HWC
     numpy ([H,W,3] or [N,H,W,3]) and returns a contiguous CHW / NCHW tensor; `tensor`
@@ -218,34 +230,118 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize (only when the size differs) + normalise; deterministic."""
+    """Resize + normalise; deterministic.
+
+    `crop_ratio=None` squashes the whole image to `input_size` (the small-image path:
+    CIFAR-sized inputs already are the object). A ratio such as 0.875 is the ImageNet
+    evaluation: resize the shorter side to `input_size / ratio`, keep the centre
+    `input_size` square. It is computed as crop-then-resize (the central square of
+    side `ratio * shorter side`, then one resize), which selects the same region as
+    torchvision's Resize + CenterCrop with one resampling instead of two.
+    """
 
     def __init__(self, input_size: int | Sequence[int], mean: float | Sequence[float],
-                 std: float | Sequence[float]) -> None:
+                 std: float | Sequence[float], crop_ratio: float | None = None) -> None:
         self.size = _size2(input_size)
+        if crop_ratio is not None and not 0 < crop_ratio <= 1:
+            raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+        self.crop_ratio = crop_ratio
         self.normalize = Normalize(mean, std)
 
+    def prepare_uint8(self, image: np.ndarray) -> np.ndarray:
+        """The geometric part (centre crop, resize) on a uint8 HWC image, without
+        normalising: validate corrupts exactly what the model sees."""
+        if self.crop_ratio is not None:
+            h, w = image.shape[:2]
+            side = max(1, round(min(h, w) * self.crop_ratio))
+            return crop_resize(image, (h - side) // 2, (w - side) // 2, side, side, self.size)
+        return _resize_hwc(image, self.size)
+
     def __call__(self, image: Any) -> torch.Tensor:
-        return self.normalize(_resize_hwc(to_uint8_hwc(image), self.size))
+        return self.normalize(self.prepare_uint8(to_uint8_hwc(image)))
 
     def apply_batch(self, images: np.ndarray) -> torch.Tensor:
         """uint8 [N,H,W,3] -> normalised float32 [N,3,h,w]."""
-        if images.shape[1:3] != self.size and images.shape[0]:
-            images = np.stack([_resize_hwc(im, self.size) for im in images])
+        if (images.shape[1:3] != self.size or self.crop_ratio is not None) and images.shape[0]:
+            images = np.stack([self.prepare_uint8(im) for im in images])
         return self.normalize(images)
 
     def __repr__(self) -> str:
-        return f"EvalTransform(size={self.size}, {self.normalize!r})"
+        return f"EvalTransform(size={self.size}, crop_ratio={self.crop_ratio}, {self.normalize!r})"
+
+
+class RandomResizedCropTransform:
+    """The ImageNet training augmentation: a random crop of random area (`scale` of
+    the image) and aspect ratio (`ratio`), resized to `input_size`, a random
+    horizontal flip, normalise -- torchvision's RandomResizedCrop algorithm (ten
+    tries, then the central crop of the closest allowed ratio), drawing from torch's
+    global RNG so `make_loader` seeds it per batch. Works on the decoded uint8 array
+    (one crop slice, one antialiased resize)."""
+
+    def __init__(self, input_size: int | Sequence[int], mean: float | Sequence[float], std: float | Sequence[float],
+                 scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 hflip: bool = True) -> None:
+        self.size = _size2(input_size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        self.hflip = bool(hflip)
+        self.normalize = Normalize(mean, std)
+
+    def box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the crop, as torchvision's get_params."""
+        area = h * w
+        log_ratio = torch.log(torch.tensor(self.ratio))
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(*self.scale).item()
+            aspect = float(torch.exp(torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]))).item())
+            cw = round((target * aspect) ** 0.5)
+            ch = round((target / aspect) ** 0.5)
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (1,)).item())
+                left = int(torch.randint(0, w - cw + 1, (1,)).item())
+                return top, left, ch, cw
+        in_ratio = w / h
+        if in_ratio < self.ratio[0]:
+            cw, ch = w, round(w / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            ch, cw = h, round(h * self.ratio[1])
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        src = to_uint8_hwc(image)
+        top, left, ch, cw = self.box(*src.shape[:2])
+        out = crop_resize(src, top, left, ch, cw, self.size)
+        if self.hflip and torch.rand(1).item() < 0.5:
+            out = out[:, ::-1]
+        return self.normalize(np.ascontiguousarray(out))
+
+    def apply_batch(self, images: np.ndarray) -> torch.Tensor:
+        return torch.stack([self(im) for im in images]) if images.shape[0] else \
+            torch.empty((0, 3, *self.size), dtype=torch.float32)
+
+    def __repr__(self) -> str:
+        return (f"RandomResizedCropTransform(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+                f"hflip={self.hflip}, {self.normalize!r})")
 
 
 def train_transform(input_size: int | Sequence[int], mean: float | Sequence[float], std: float | Sequence[float],
-                    crop_padding: int = 4, hflip: bool = True) -> TrainTransform:
-    """The training augmentation (random padded crop, horizontal flip, normalise).
+                    crop_padding: int = 4, hflip: bool = True, crop: str = "pad",
+                    scale: tuple[float, float] = (0.08, 1.0)) -> TrainTransform | RandomResizedCropTransform:
+    """The training augmentation: `crop="pad"` is the CIFAR one (random padded crop,
+    flip); `crop="random_resized"` the ImageNet one (random resized crop, flip).
     Flipping is also right for Fashion-MNIST (clothes are left-right symmetric)."""
+    if crop == "random_resized":
+        return RandomResizedCropTransform(input_size, mean, std, scale=scale, hflip=hflip)
+    if crop != "pad":
+        raise ValueError(f"crop must be 'pad' or 'random_resized', got {crop!r}")
     return TrainTransform(input_size, mean, std, crop_padding, hflip)
 
 
 def eval_transform(input_size: int | Sequence[int], mean: float | Sequence[float],
-                   std: float | Sequence[float]) -> EvalTransform:
-    """The evaluation path: resize if needed, normalise."""
-    return EvalTransform(input_size, mean, std)
+                   std: float | Sequence[float], crop_ratio: float | None = None) -> EvalTransform:
+    """The evaluation path: resize (after a centre crop of `crop_ratio`, if given), normalise."""
+    return EvalTransform(input_size, mean, std, crop_ratio)

@@ -71,10 +71,14 @@ def export_view(model: nn.Module) -> nn.Module:
 
     The wrapper shares parameters with `model` (no copy), so it always reflects the
     current weights; its train/eval mode is the wrapped model's. Wrapping twice is a
-    no-op, so callers need not check.
+    no-op, so callers need not check. A torchvision/timm model is exported as the
+    library module itself (`export_module()`), whose forward returns the logits.
     """
     if isinstance(model, LogitsOnly):
         return model
+    library_module = getattr(model, "export_module", None)
+    if library_module is not None:
+        return library_module()
     return LogitsOnly(model)
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from richkd_deploy.errors import RecipeError
+from richkd_deploy.models import external
 
 Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Builder)
@@ -66,8 +67,9 @@ def _natural_key(name: str) -> list[tuple[int, int | str]]:
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Canonical model names in natural order, optionally filtered by an fnmatch
-    pattern (case-insensitive; a pattern matching an alias selects its model)."""
+    """Canonical names of our zoo in natural order, optionally filtered by an fnmatch
+    pattern (case-insensitive; a pattern matching an alias selects its model).
+    The torchvision/timm families are listed by `list_all_models`."""
     entries = sorted(_ENTRIES.values(), key=lambda e: _natural_key(e.name))
     if pattern is None:
         return [e.name for e in entries]
@@ -76,7 +78,13 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def resolve_name(name: str) -> str:
-    """Map a name or alias to its canonical name, or raise RecipeError with suggestions."""
+    """Map a name or alias to its canonical name, or raise RecipeError with suggestions.
+
+    `torchvision/<name>` and `timm/<name>` are the libraries' own names, resolved
+    by `external` (their case and spelling are the library's, so not normalised here).
+    """
+    if isinstance(name, str) and external.split_name(name) is not None:
+        return external.resolve(name)
     if not isinstance(name, str) or _normalise(name) not in _LOOKUP:
         choices = list(_LOOKUP)
         close = difflib.get_close_matches(_normalise(str(name)), choices, n=3, cutoff=0.6)
@@ -100,6 +108,12 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     canonical = resolve_name(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise RecipeError(f"num_classes for model {canonical} must be a positive integer, got {num_classes!r}")
+    if "/" in canonical:
+        if any(v is not None for v in kwargs.values()):
+            raise RecipeError(f"model {canonical} takes no options besides num_classes")
+        model = external.create(canonical, num_classes)
+        model.arch = canonical
+        return model
     builder = _ENTRIES[canonical].builder
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
@@ -113,3 +127,20 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     model = builder(num_classes=num_classes, **kwargs)
     model.arch = canonical
     return model
+
+
+def list_all_models(pattern: str | None = None) -> list[str]:
+    """Zoo names, then `torchvision/<name>`, then `timm/<name>`, each matching
+    `pattern` (fnmatch, case-insensitive). A pattern without a `/` is matched
+    against the bare library names too, so `resnet18` finds `torchvision/resnet18`."""
+    names = list_models(pattern)
+    pat = None if pattern is None else pattern.strip().lower()
+    for family in external.FAMILIES:
+        if pat is not None and "/" in pat and not fnmatch.fnmatchcase(family, pat.split("/", 1)[0]):
+            continue
+        for arch in external.family_names(family):
+            full = f"{family}/{arch}"
+            if pat is None or fnmatch.fnmatchcase(full.lower(), pat) or (
+                    "/" not in pat and fnmatch.fnmatchcase(arch.lower(), pat)):
+                names.append(full)
+    return names

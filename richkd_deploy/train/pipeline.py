@@ -26,6 +26,7 @@ from richkd_deploy.clip import prepare_clip_targets
 from richkd_deploy.data.for_recipe import RecipeDatasets as Datasets
 from richkd_deploy.data.for_recipe import build_recipe_datasets
 from richkd_deploy.errors import CheckpointError, RunError
+from richkd_deploy.models import pretrained
 from richkd_deploy.models.for_recipe import check_architectures
 from richkd_deploy.recipe import Recipe
 from richkd_deploy.runs import DEFAULT_RUNS_ROOT, RunDir, atomic_write_text, check_writable, run_lock
@@ -95,14 +96,13 @@ def _loader(ds: Any, recipe: Recipe, batch_size: int | None = None) -> Any:
 
 
 def load_teacher_weights(recipe: Recipe, teacher: nn.Module, log: RunLog) -> str:
-    """Load a teacher checkpoint strictly from a path or URL; returns its local path."""
+    """Load a teacher checkpoint strictly from a path, URL or library tag; returns its local path."""
     t = recipe.teacher
     assert t.checkpoint is not None
-    path = models.fetch_checkpoint(t.checkpoint, cache_dir=CHECKPOINT_CACHE, member=t.checkpoint_member,
-                                   sha256=t.sha256, progress=not log.quiet)
-    models.load_state_dict_strict(teacher, models.load_checkpoint(path), source=str(path))
-    log(f"[teacher] loaded {t.arch} from {path}")
-    return str(path)
+    loaded = pretrained.load_weights(teacher, t.arch, t.checkpoint, "teacher.checkpoint", CHECKPOINT_CACHE, log,
+                                     member=t.checkpoint_member, sha256=t.sha256, progress=not log.quiet,
+                                     replace_classifier=False)
+    return loaded.source
 
 
 def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext) -> tuple[nn.Module, str]:
@@ -120,6 +120,10 @@ def teacher_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext) 
         log(f"[teacher] reusing the teacher trained earlier in this run ({run.teacher})")
     else:
         epochs = recipe.teacher.epochs or recipe.optim.epochs
+        if recipe.teacher.init:  # fine-tune from these weights (e.g. ImageNet) on this run's classes
+            with dist.main_first():
+                pretrained.load_weights(teacher, recipe.teacher.arch, recipe.teacher.init, "teacher.init",
+                                        CHECKPOINT_CACHE, log, progress=not log.quiet)
         log(f"[teacher] no teacher.checkpoint: training {recipe.teacher.arch} for {epochs} epochs first")
         stage = Stage(name="teacher", module=teacher, classifier=teacher, compute=CEStep(teacher),
                       term_names=["ce"], parameters=list(teacher.parameters()), folder=run.teacher_dir,
@@ -150,7 +154,12 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, 
     # the others reuse) draws different amounts of randomness, and the initial student (and
     # embeddings) must not depend on it.
     torch.manual_seed(rng.epoch_seed(recipe.seed, "student-init", 0))
-    student = models.create_model(recipe.student.arch, num_classes=len(ds.classes)).to(device)
+    student = models.create_model(recipe.student.arch, num_classes=len(ds.classes))
+    if recipe.student.init:
+        with dist.main_first():
+            pretrained.load_weights(student, recipe.student.arch, recipe.student.init, "student.init",
+                                    CHECKPOINT_CACHE, log, progress=not log.quiet)
+    student = student.to(device)
     # gather: every rank applies the memory-bank update of the whole (all-rank) batch.
     distiller = distill.create_distiller(recipe.distill.method, recipe.distill, student=student, teacher=teacher,
                                          clip_targets=clip_targets, num_train=len(ds.train), device=device,
@@ -215,6 +224,8 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
         torch.manual_seed(recipe.seed)
         log(f"richkd-deploy {__version__}: recipe {recipe.name} ({recipe.source or 'inline'}), "
             f"method {recipe.distill.method}, device {device}, run folder {run.root}")
+        with dist.main_first():  # every weight file the recipe names, before any training (offline: fail now)
+            pretrained.fetch_all(recipe, CHECKPOINT_CACHE, progress=not quiet)
         with dist.main_first():  # one download of the dataset
             ds = build_recipe_datasets(recipe)
         if ds.dataset != recipe.data.dataset:

@@ -77,6 +77,8 @@ def test_layout_errors(tmp_path: Path) -> None:
 def test_unreadable_image(tmp_path: Path) -> None:
     _tree(tmp_path)
     (tmp_path / "train" / "moth" / "img0.png").write_bytes(b"broken")
-    ds = build_dataset("imagefolder", "train", root=tmp_path)
-    with pytest.raises(DataError, match="cannot read image"):
-        ds[4]
+    # found before training (issue 14: never a crash mid-epoch), named with its path
+    with pytest.raises(DataError, match=r"1 unreadable image file\(s\): .*moth/img0.png .*data.bad_files: skip"):
+        build_dataset("imagefolder", "train", root=tmp_path)
+    ds = build_dataset("imagefolder", "train", root=tmp_path, bad_files="skip")
+    assert len(ds) == 9 and all(p.name != "img0.png" or p.parent.name != "moth" for p in ds.paths)
