@@ -158,7 +158,7 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, 
     if recipe.student.init:
         with dist.main_first():
             pretrained.load_weights(student, recipe.student.arch, recipe.student.init, "student.init",
-                                    CHECKPOINT_CACHE, log, progress=not log.quiet)
+                                    CHECKPOINT_CACHE, ctx.log, progress=not ctx.log.quiet)
     student = student.to(device)
     # gather: every rank applies the memory-bank update of the whole (all-rank) batch.
     distiller = distill.create_distiller(recipe.distill.method, recipe.distill, student=student, teacher=teacher,
