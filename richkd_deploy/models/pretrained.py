@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from richkd_deploy.errors import CheckpointError, RecipeError
 from richkd_deploy.models import external
-from richkd_deploy.models.checkpoint import fetch_checkpoint, load_checkpoint, load_state_dict_strict
+from richkd_deploy.models.checkpoint import load_checkpoint, load_state_dict_strict
+from richkd_deploy.models.fetch import fetch_checkpoint
 
 DEFAULT_TAGS = ("imagenet", "default", "pretrained")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt", ".tar")
