@@ -440,12 +440,11 @@ def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
     if recipe.data.root is not None and not Path(recipe.data.root).exists() and recipe.data.dataset != "cifar10" \
             and recipe.data.dataset != "cifar100":
         raise RecipeError(f"data.root: {recipe.data.root} does not exist")
-    from richkd_deploy.models.pretrained import check_spec
-
-    for key, arch, spec in (("teacher.checkpoint", recipe.teacher.arch, recipe.teacher.checkpoint),
-                            ("teacher.init", recipe.teacher.arch, recipe.teacher.init),
-                            ("student.init", recipe.student.arch, recipe.student.init)):
-        check_spec(arch, spec, key)
+    for key, spec in (("teacher.checkpoint", recipe.teacher.checkpoint), ("teacher.init", recipe.teacher.init),
+                      ("student.init", recipe.student.init)):
+        if spec and not spec.lower().startswith(("http://", "https://")) and Path(spec).is_absolute() \
+                and not Path(spec).is_file():  # file specs are absolute by now; tags and URLs are checked later
+            raise RecipeError(f"{key}: {spec} is not a file; give a weights file, an http(s) URL or a library tag")
 
 
 def _weights_path(spec: str, base: Path) -> bool:
@@ -509,9 +508,11 @@ def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | No
     return recipe
 
 
-def load(path: str | Path, overrides: typing.Sequence[str] = (), base_dir: str | Path | None = None) -> Recipe:
+def load(path: str | Path, overrides: typing.Sequence[str] = (), base_dir: str | Path | None = None,
+         check_files: bool = True) -> Recipe:
     """Load a recipe file, apply `-o key=value` overrides, and validate everything.
-    Relative paths resolve against `base_dir`, by default the file's folder."""
+    Relative paths resolve against `base_dir`, by default the file's folder;
+    `check_files=False` skips the checks that named files and folders exist."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe {p}: file not found")
@@ -529,4 +530,4 @@ def load(path: str | Path, overrides: typing.Sequence[str] = (), base_dir: str |
     except OSError as exc:
         raise RecipeError(f"recipe {p}: cannot read it ({exc.strerror})") from None
     return from_dict(data, base_dir=p.resolve().parent if base_dir is None else base_dir, source=str(p.resolve()),
-                     overrides=overrides)
+                     overrides=overrides, check_files=check_files)
