@@ -8,6 +8,10 @@ teacher is trained once and shared by every run. Prints test top-1 and ECE per
 method as mean and spread over seeds, and writes them as JSON.
 
     python benchmarks/fmnist_methods.py --seeds 0 1 2
+    python benchmarks/fmnist_methods.py --methods vanilla kd crd crd:uniform   # CRD's negatives, both ways
+
+A method `NAME:NEGATIVES` runs NAME with `distill.crd_negatives=NEGATIVES` (`other_class`,
+the default as published, or `uniform`).
 
 The defaults put the students in the regime where distillation shows: a teacher
 trained on 4x the students' images, students on 3,000 images for 10 epochs (run to
@@ -85,10 +89,11 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {m: [] for m in a.methods}
     for seed in a.seeds:
         for method in a.methods:
-            run = a.out / f"{method}-s{seed}"
+            name, _, negatives = method.partition(":")
+            run = a.out / f"{method.replace(':', '-')}-s{seed}"
             t0 = time.perf_counter()
             cli("train", str(RECIPE), *common, "-o", f"data.train_limit={a.train_limit}", "-o", f"seed={seed}",
-                "-o", f"distill.method={method}",
+                "-o", f"distill.method={name}", *(["-o", f"distill.crd_negatives={negatives}"] if negatives else []),
                 "-o", f"teacher.checkpoint={teacher_ckpt.resolve()}", "--run-dir", str(run))
             acc, ece = test_metrics(run)
             results[method].append({"seed": seed, "top1": acc, "ece": ece, "seconds": time.perf_counter() - t0})
@@ -97,7 +102,8 @@ def main() -> None:
 
     print(f"\nFashion-MNIST, resnet20 teacher ({a.teacher_train_limit} images, {a.teacher_epochs} epochs) -> resnet8 "
           f"students ({a.train_limit} images, {a.epochs} epochs, lr drops at {milestones}), "
-          f"random {a.clip_model} CLIP; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+          f"random {a.clip_model} CLIP; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
     print("| method | top-1 (mean ± std) | ECE (mean ± std) | seeds |")
     print("|---|---|---|---|")
     for method, rows in results.items():
