@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=3000, help="training images of each student")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--milestones", default=None, help="lr drops, e.g. 7,9 (default: at 70%% and 90%% of the epochs)")
+    ap.add_argument("--test-limit", type=int, default=None, help="test images (default: all 10,000)")
     ap.add_argument("--teacher-train-limit", type=int, default=12000)
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--clip-model", default="tiny-ViT", help="random weights either way; ViT-B-32 is ~20 img/s on 2 cores")
@@ -74,7 +75,7 @@ def main() -> None:
     milestones = a.milestones or f"{max(1, round(0.7 * a.epochs))},{max(1, round(0.9 * a.epochs))}"
     common = ["-o", f"optim.epochs={a.epochs}", "-o", f"optim.milestones=[{milestones}]",
               "-o", "clip.pretrained=none", "-o", "clip.allow_random=true", "-o", f"clip.model={a.clip_model}",
-              "--quiet", "--force"]
+              *(["-o", f"data.test_limit={a.test_limit}"] if a.test_limit else []), "--quiet", "--force"]
     teacher_run = a.out / "teacher"
     t0 = time.perf_counter()
     # the teacher stage follows the quickstart recipe's teacher schedule on more images; the
