@@ -52,3 +52,13 @@ def test_edge_departs_from_the_paper_only_where_the_readme_says(repo):
     readme = (repo / "README.md").read_text()
     for key in diffs:
         assert f"`{key}`" in readme, key
+
+
+def test_demo_recipe_spends_its_time_on_teacher_and_student(repo):
+    """The offline demo: the tiny random CLIP (seconds), explicitly allowed, all 54,000 images."""
+    r = recipe.load(repo / "recipes" / "demo.yaml")
+    assert (r.clip.model, r.clip.pretrained, r.clip.allow_random) == ("tiny-ViT", "none", True)
+    assert r.data.dataset == "fashion-mnist" and r.data.train_limit is None
+    assert r.teacher.checkpoint is None and r.needs_teacher and r.needs_clip
+    script = (repo / "scripts" / "demo.sh").read_text()
+    assert "recipes/demo.yaml" in script and "clip_pretrained" in script
