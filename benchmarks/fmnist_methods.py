@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--milestones", default=None, help="lr drops, e.g. 7,9 (default: at 70%% and 90%% of the epochs)")
     ap.add_argument("--test-limit", type=int, default=None, help="test images (default: all 10,000)")
+    ap.add_argument("--batch-size", type=int, default=None, help="optim.batch_size of teacher and students")
+    ap.add_argument("--teacher", type=Path, default=None, help="reuse this teacher.pt instead of training one")
     ap.add_argument("--teacher-train-limit", type=int, default=12000)
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--clip-model", default="tiny-ViT", help="random weights either way; ViT-B-32 is ~20 img/s on 2 cores")
@@ -75,17 +77,21 @@ def main() -> None:
     milestones = a.milestones or f"{max(1, round(0.7 * a.epochs))},{max(1, round(0.9 * a.epochs))}"
     common = ["-o", f"optim.epochs={a.epochs}", "-o", f"optim.milestones=[{milestones}]",
               "-o", "clip.pretrained=none", "-o", "clip.allow_random=true", "-o", f"clip.model={a.clip_model}",
-              *(["-o", f"data.test_limit={a.test_limit}"] if a.test_limit else []), "--quiet", "--force"]
+              *(["-o", f"data.test_limit={a.test_limit}"] if a.test_limit else []),
+              *(["-o", f"optim.batch_size={a.batch_size}"] if a.batch_size else []), "--quiet", "--force"]
     teacher_run = a.out / "teacher"
     t0 = time.perf_counter()
-    # the teacher stage follows the quickstart recipe's teacher schedule on more images; the
-    # one student epoch of this run is discarded
-    cli("train", str(RECIPE), *common, "-o", f"data.train_limit={a.teacher_train_limit}", "-o", "distill.method=kd",
-        "-o", f"teacher.epochs={a.teacher_epochs}", "-o", "optim.epochs=1",
-        "-o", f"optim.milestones=[{max(1, a.teacher_epochs - 1)}]",  # the teacher's schedule: one lr drop
-        "--run-dir", str(teacher_run))
-    teacher_ckpt = teacher_run / "teacher" / "teacher.pt"
-    print(f"teacher trained in {time.perf_counter() - t0:.0f}s: {teacher_ckpt}", flush=True)
+    if a.teacher is not None:
+        teacher_ckpt = a.teacher
+    else:
+        # the teacher stage follows the quickstart recipe's teacher schedule on more images; the
+        # one student epoch of this run is discarded
+        cli("train", str(RECIPE), *common, "-o", f"data.train_limit={a.teacher_train_limit}", "-o", "distill.method=kd",
+            "-o", f"teacher.epochs={a.teacher_epochs}", "-o", "optim.epochs=1",
+            "-o", f"optim.milestones=[{max(1, a.teacher_epochs - 1)}]",  # the teacher's schedule: one lr drop
+            "--run-dir", str(teacher_run))
+        teacher_ckpt = teacher_run / "teacher" / "teacher.pt"
+        print(f"teacher trained in {time.perf_counter() - t0:.0f}s: {teacher_ckpt}", flush=True)
 
     results: dict[str, list[dict[str, float]]] = {m: [] for m in a.methods}
     for seed in a.seeds:
