@@ -107,7 +107,9 @@ def main() -> None:
             print(f"{method:10s} seed {seed}: top-1 {acc:.4f}  ECE {ece:.4f}  ({time.perf_counter() - t0:.0f}s)",
                   flush=True)
 
-    print(f"\nFashion-MNIST, resnet20 teacher ({a.teacher_train_limit} images, {a.teacher_epochs} epochs) -> resnet8 "
+    teacher = (f"teacher {a.teacher}" if a.teacher is not None
+               else f"resnet20 teacher ({a.teacher_train_limit} images, {a.teacher_epochs} epochs)")
+    print(f"\nFashion-MNIST, {teacher} -> resnet8 "
           f"students ({a.train_limit} images, {a.epochs} epochs, lr drops at {milestones}), "
           f"random {a.clip_model} CLIP; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average at the end {os.getloadavg()[0]:.1f}")
