@@ -123,7 +123,8 @@ def section_train(device: torch.device, quick: bool) -> dict[str, Any]:
                         student = create_model(student_arch, num_classes=classes)
                         # a fresh teacher copy: channels_last converts the teacher in place too
                         d = create_distiller(method, DistillConfig(nce_k=min(16384, n_data - 1)), student,
-                                             copy.deepcopy(teacher), clip, n_data, device)
+                                             copy.deepcopy(teacher), clip, n_data, device,
+                                             train_labels=torch.arange(n_data) % classes)
                         d.train()
                         if channels_last:
                             d = d.to(memory_format=torch.channels_last)

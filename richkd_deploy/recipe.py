@@ -112,6 +112,7 @@ class DistillConfig:
     nce_k: int = 16384
     nce_t: float = 0.07
     nce_momentum: float = 0.5
+    crd_negatives: Literal["other_class", "uniform"] = "other_class"  # as published; uniform: any image
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, 
     # gather: every rank applies the memory-bank update of the whole (all-rank) batch.
     distiller = distill.create_distiller(recipe.distill.method, recipe.distill, student=student, teacher=teacher,
                                          clip_targets=clip_targets, num_train=len(ds.train), device=device,
-                                         gather=dist.gather_cat if dist.enabled else None)
+                                         gather=dist.gather_cat if dist.enabled else None,
+                                         train_labels=ds.train.labels)
     distiller.to(device)
     stage = Stage(name="student", module=distiller, classifier=student, compute=distiller,
                   term_names=distill.term_names(recipe.distill.method, recipe.distill),
