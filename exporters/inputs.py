@@ -27,6 +27,11 @@ class ExportData:
     dataset: str = ""
     batch_size: int = EVAL_BATCH  # validate's batch size: the same calls, the same numbers
     test_dataset: Any = None  # the raw test split, for golden.npz's uint8 images
+    holdout_x: np.ndarray | None = None  # held-out training images: INT8 method search and fallback
+    holdout_y: np.ndarray | None = None
+
+
+HOLDOUT_IMAGES = 2000  # enough to see a 1-point top-1 drop, few enough for a dozen INT8 candidates on a CPU
 
 
 def array_batches(x: np.ndarray, batch_size: int = EVAL_BATCH, limit: int | None = None) -> Iterator[np.ndarray]:
@@ -43,11 +48,17 @@ def progress(iterable: Iterable[Any], total: int, desc: str, quiet: bool) -> Ite
 
 
 def build_export_data(recipe: Recipe, meta: dict[str, Any]) -> ExportData:
-    """Test set (for parity and accuracy) and calibration images (from the training
-    split, never the test or held-out images), with the student's own normalisation."""
+    """Test set (for parity and accuracy), calibration images (from the training split,
+    never the test or held-out images) and up to HOLDOUT_IMAGES held-out images (the INT8
+    gates are judged there), with the student's own normalisation."""
     ds = build_eval_datasets(recipe)
     size, mean, std = int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"])
     test_x, test_y = eval_arrays(ds.test, size, mean, std)
-    calibration = data.limit_dataset(ds.train, recipe.export.calibration_images, recipe.seed)
+    n_cal = recipe.export.int8.images(recipe.export.calibration_images)
+    calibration = data.limit_dataset(ds.train, n_cal, recipe.seed)
     calibration_x, _ = eval_arrays(calibration, size, mean, std)
-    return ExportData(test_x, test_y, calibration_x, ds.dataset, recipe.validate.batch_size, ds.test)
+    holdout_x = holdout_y = None
+    if ds.holdout is not None and "int8" in recipe.export.precisions:
+        holdout_x, holdout_y = eval_arrays(data.limit_dataset(ds.holdout, HOLDOUT_IMAGES, recipe.seed), size, mean, std)
+    return ExportData(test_x, test_y, calibration_x, ds.dataset, recipe.validate.batch_size, ds.test,
+                      holdout_x, holdout_y)

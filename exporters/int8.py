@@ -95,6 +95,7 @@ class Int8Options:
     per_channel: bool = True
     symmetric_activations: bool = True
     keep_float: tuple[str, ...] = field(default_factory=tuple)
+    quantize_only: tuple[str, ...] = field(default_factory=tuple)  # sensitivity: these layers alone
 
     def record(self, images: int) -> dict[str, Any]:
         """What the manifest and the file's metadata say about the quantization."""
@@ -287,7 +288,7 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
         pre = Path(preprocessed) if preprocessed else preprocess(onnx_path, Path(tmp) / "pre.onnx")
         qdq = Path(tmp) / "qdq.onnx"
         pre_model = onnx.load(str(pre), load_external_data=False)
-        unknown = sorted(set(options.keep_float) - set(quantizable_layers(pre_model)))
+        unknown = sorted((set(options.keep_float) | set(options.quantize_only)) - set(quantizable_layers(pre_model)))
         if unknown:
             raise ArtifactError(f"layers to keep in float not in the graph: {', '.join(unknown)}")
         # the logits stay float: the output's producer chain (the classifier Gemm and its bias Add)
@@ -304,6 +305,7 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
             per_channel=options.per_channel,
             reduce_range=True,
             calibrate_method=getattr(CalibrationMethod, METHODS[options.method]),
+            nodes_to_quantize=list(options.quantize_only) or None,
             nodes_to_exclude=[*bias_adds, *options.keep_float],
             extra_options={
                 "ActivationSymmetric": options.symmetric_activations,

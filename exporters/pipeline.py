@@ -20,7 +20,7 @@ from exporters.stage_onnx import export_onnx_stage
 from richkd_deploy.deps import TRT_MISSING, available
 from richkd_deploy.errors import MissingDependencyError
 from richkd_deploy.manifest import Manifest, check_can_export
-from richkd_deploy.recipe import ExportConfig
+from richkd_deploy.recipe import ExportConfig, GatesConfig
 from richkd_deploy.runs import RunDir, run_lock
 from richkd_deploy.student import Student, load_student
 
@@ -29,13 +29,13 @@ Log = Callable[[str], None]
 
 def export_student(student: Student, data: ExportData, export_dir: Path, cfg: ExportConfig, *,
                    trt: bool = False, force: bool = False, device: str = "cpu", quiet: bool = False,
-                   log: Log = print) -> Manifest:
+                   log: Log = print, gates: GatesConfig | None = None) -> Manifest:
     """Export `student` into `export_dir` as the recipe's `export` section says; the core
     of `export_run`, free of run-folder handling so tests drive it with tiny models and arrays."""
     export_dir = Path(export_dir)
     check_can_export(export_dir, force)
     with staging(export_dir) as folder:
-        manifest = export_onnx_stage(student, data, export_dir, folder, cfg, device, quiet, log)
+        manifest = export_onnx_stage(student, data, export_dir, folder, cfg, device, quiet, log, gates=gates)
         if trt:
             if not available("tensorrt"):
                 raise MissingDependencyError(TRT_MISSING)
@@ -64,4 +64,4 @@ def export_run(run_dir: Path, trt: bool = False, force: bool = False, device: st
             torch.backends.cudnn.allow_tf32 = False
             student.view.to(device)
         return export_student(student, data, run.export_dir, recipe.export, trt=trt, force=force, device=device,
-                              quiet=quiet, log=log)
+                              quiet=quiet, log=log, gates=recipe.validate.gates)

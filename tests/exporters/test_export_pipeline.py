@@ -13,6 +13,7 @@ import torch
 import exporters.commit as commit_mod
 import exporters.pipeline as pipeline
 import exporters.stage_onnx as stage_onnx
+import exporters.int8_tune as int8_tune
 from exporters.metadata import read_metadata
 from exporters.pipeline import export_run, export_student
 from richkd_deploy.deps import available
@@ -92,7 +93,7 @@ def test_interrupted_export_never_leaves_a_manifest_over_partial_files(
     if previous:
         _export(export_inputs, d)
     with monkeypatch.context() as m:
-        m.setattr(stage_onnx if where == "quantize_int8" else commit_mod, where, patch)
+        m.setattr(int8_tune if where == "quantize_int8" else commit_mod, where, patch)  # the INT8 tuner quantizes
         with pytest.raises(Boom):
             _export(export_inputs, d, force=True)
     assert listed_files_ok(d)
