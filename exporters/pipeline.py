@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from exporters.commit import staging
-from exporters.inputs import ExportData, build_export_data
+from exporters.inputs import Corrupt, ExportData, build_export_data
 from exporters.stage_engine import export_engine_stage
 from exporters.stage_onnx import export_onnx_stage
 from richkd_deploy.deps import TRT_MISSING, available
@@ -44,8 +44,11 @@ def export_student(student: Student, data: ExportData, export_dir: Path, cfg: Ex
 
 
 def export_run(run_dir: Path, trt: bool = False, force: bool = False, device: str = "cpu", quiet: bool = False,
-               log: Log = print) -> dict[str, Any]:
+               log: Log = print, corrupt: Corrupt | None = None) -> dict[str, Any]:
     """The `richkd-deploy export [RUN] [--trt] [--force]` command. Returns the manifest.
+
+    `corrupt` is validate's corruption function, for `export.int8.calibration_corruptions`:
+    the CLI passes it in because exporters/ does not import evaluate/.
 
     Raises ArtifactError (existing export without --force, parity failure),
     CheckpointError, DataError, RunError (run locked), MissingDependencyError (--trt
@@ -58,7 +61,7 @@ def export_run(run_dir: Path, trt: bool = False, force: bool = False, device: st
         recipe = student.recipe()
         log(f"[export] run {run.root}: {student.meta['arch']} on {recipe.data.dataset}, "
             f"precisions {', '.join(recipe.export.precisions)}{', TensorRT engines' if trt else ''}")
-        data = build_export_data(recipe, student.meta)
+        data = build_export_data(recipe, student.meta, corrupt)
         if device != "cpu":
             torch.backends.cuda.matmul.allow_tf32 = False  # parity reference in true FP32
             torch.backends.cudnn.allow_tf32 = False

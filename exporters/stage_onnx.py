@@ -21,6 +21,7 @@ from exporters.commit import commit
 from exporters.fp16 import convert_fp16
 from exporters.golden import export_golden
 from exporters.inputs import ExportData, array_batches, progress
+from exporters.int8_coverage import activation_coverage
 from exporters.int8_tune import Holdout, tune_int8
 from exporters.metadata import build_metadata
 from exporters.onnx_fp32 import INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -42,6 +43,16 @@ def holdout_for(data: ExportData, fp32: Path, gates: GatesConfig) -> Holdout | N
     return Holdout(data.holdout_x, data.holdout_y, ref, gates.max_top1_drop, gates.min_agreement)
 
 
+def coverage_summary(int8: Path, data: ExportData, log: Log) -> dict[str, Any]:
+    """Share of holdout activations (clean and each calibration corruption) outside the
+    calibrated ranges, overall and per quantized tensor."""
+    sets = {"clean": data.holdout_x, **data.holdout_corrupted}
+    cov = activation_coverage(int8, sets)
+    log("[export] int8 calibration coverage (activations outside the calibrated ranges, holdout): "
+        + ", ".join(f"{s} {cov[s]:.2e}" for s in sets))
+    return {"images": "holdout", **cov}
+
+
 def write_onnx_artifacts(student: Student, data: ExportData, staging: Path, cfg: ExportConfig,
                          log: Log, gates: GatesConfig | None = None,
                          records: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -61,7 +72,15 @@ def write_onnx_artifacts(student: Student, data: ExportData, staging: Path, cfg:
                 f"activations, {'per-channel' if q.per_channel else 'per-tensor'} weights), "
                 f"{'method search' if q.search else q.method} on {n_cal} training images")
             holdout = holdout_for(data, paths["fp32"], gates or GatesConfig())
-            record = tune_int8(paths["fp32"], data.calibration_x[:n_cal], staging / fmt.file, q, holdout, log)
+            calibration = np.concatenate([data.calibration_x[:n_cal],
+                                          *(x[:n_cal] for x in data.calibration_corrupted.values())])
+            if data.calibration_corrupted:
+                log(f"[export] {fmt.file}: calibration set = clean + {', '.join(data.calibration_corrupted)} "
+                    f"({len(calibration)} images)")
+            record = tune_int8(paths["fp32"], calibration, staging / fmt.file, q, holdout, log)
+            record["calibration_mix"] = ["clean", *data.calibration_corrupted]
+            if holdout is not None:
+                record["coverage"] = coverage_summary(staging / fmt.file, data, log)
             if records is not None:
                 records["int8"] = record
             paths["int8"] = staging / fmt.file

@@ -125,9 +125,11 @@ def train(recipe_file: str, overrides: tuple[str, ...], run_dir: str | None, res
 def export(run: str | None, trt: bool, force: bool, quiet: bool) -> None:
     """Export a finished run to ONNX (fp32, fp16, int8 Q/DQ) and, with --trt, TensorRT."""
     from exporters.pipeline import export_run
+    from richkd_deploy.evaluate.corruptions import corrupt  # for export.int8.calibration_corruptions
 
     root = _resolve_run(run)
-    export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo)
+    export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo,
+               corrupt=corrupt)
     click.echo(f"done: {root / 'export' / 'manifest.json'}")
 
 

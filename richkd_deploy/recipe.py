@@ -145,6 +145,9 @@ class Int8Config:
     fallback: bool = True  # keep the most sensitive layers in float until the gates hold
     max_float_layers: int = 4
     sensitivity: bool = False  # always record the per-layer sensitivity table (else only on a failure)
+    # corrupted copies of the calibration images added to the calibration set, "name:severity"
+    # (validate's corruption names, e.g. "gaussian_noise:3"), so the ranges cover what validate feeds
+    calibration_corruptions: tuple[str, ...] = ()
 
     def images(self, export_default: int) -> int:
         """The calibration set size: this section's, else the older `export.calibration_images`."""
@@ -270,6 +273,9 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "export.precisions": (lambda v: len(v) >= 1 and "fp32" in v, "a list that includes fp32 (the others derive from it)"),
     "export.calibration_images": (lambda v: 1 <= v <= 100000, "1..100000"),
     "export.int8.calibration_images": (lambda v: v is None or 1 <= v <= 100000, "null or 1..100000"),
+    "export.int8.calibration_corruptions": (
+        lambda v: all(e.count(":") == 1 and e.split(":")[0] and e.split(":")[1] in ("1", "2", "3", "4", "5") for e in v),
+        "a list of 'name:severity' strings, severity 1..5 (e.g. 'gaussian_noise:3')"),
     "export.int8.max_float_layers": (lambda v: 0 <= v <= 1000, "0..1000"),
     "export.parity_atol": (lambda v: 0 < v <= 10, "a number in (0, 10]"),
     "export.parity_min_agreement": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),

@@ -168,3 +168,65 @@ def test_export_manifest_records_the_tuning(trained_tiny: nn.Module, fmnist: dic
     assert tuning["holdout"]["images"] == 400 and tuning["sensitivity"][0]["quantized_alone"]["kl_to_fp32"] > 0
     assert entry["quantization"]["layers_in_float"] == tuning["layers_in_float"]
     assert entry["quantization"]["calibration_split"] == "train"
+
+
+@pytest.fixture(scope="module")
+def corrupted(fmnist: dict) -> dict[str, Any]:
+    """Noisy copies (validate's impulse_noise, severity 5) of the calibration and holdout images."""
+    from richkd_deploy import data
+    from richkd_deploy.evaluate.corruptions import corrupt
+
+    from exporters.inputs import corrupted_arrays
+
+    ds = data.build_dataset(fmnist["name"], "train", limit=3000, seed=0)
+    cal = corrupted_arrays(ds, ["impulse_noise:5"], corrupt, 32, fmnist["mean"], fmnist["std"], 0, limit=128)
+    return {"cal": cal["impulse_noise:5"], "corrupt": corrupt, "ds": ds}
+
+
+def test_coverage_is_zero_on_the_calibration_images_and_not_on_corrupted_ones(onnx_pair: dict, fmnist: dict,
+                                                                               corrupted: dict, tmp_path: Path) -> None:
+    from exporters.int8_coverage import activation_coverage
+
+    clean = _calibration(fmnist)
+    path = quantize_int8(onnx_pair["good"], [clean], tmp_path / "m.onnx")
+    cov = activation_coverage(path, {"calibration": clean, "noisy": corrupted["cal"]})
+    # MinMax ranges cover the images they were measured on (up to the few values that
+    # quantization errors upstream push past them: the probe reads the quantized network)
+    assert cov["calibration"] < 1e-4
+    assert cov["noisy"] > 5 * cov["calibration"] and len(cov["tensors"]) >= 5
+    mixed = quantize_int8(onnx_pair["good"], [clean, corrupted["cal"]], tmp_path / "mixed.onnx")
+    cov2 = activation_coverage(mixed, {"noisy": corrupted["cal"]})
+    assert cov2["noisy"] < 1e-4 < cov["noisy"]
+
+
+def test_corrupted_calibration_needs_the_corruption_function() -> None:
+    from richkd_deploy import recipe as recipe_mod
+    from richkd_deploy.errors import ArtifactError, RecipeError
+
+    from exporters.inputs import build_export_data
+
+    with pytest.raises(RecipeError, match="name:severity"):
+        recipe_mod.load("recipes/smoke.yaml", ["export.int8.calibration_corruptions=[gaussian_noise]"])
+    r = recipe_mod.load("recipes/smoke.yaml", ["export.int8.calibration_corruptions=['gaussian_noise:3']"])
+    meta = {"input_size": r.data.input_size, "mean": [0.5] * 3, "std": [0.25] * 3}
+    with pytest.raises(ArtifactError, match="calibration_corruptions needs"):
+        build_export_data(r, meta)
+
+
+def test_export_records_the_calibration_mix_and_coverage(trained_tiny: nn.Module, fmnist: dict, corrupted: dict,
+                                                         tmp_path: Path) -> None:
+    xte, yte = fmnist["test"]
+    xtr, ytr = fmnist["train"]
+    data = ExportData(xte[:256], yte[:256], xtr[:128], fmnist["name"], holdout_x=xtr[2000:2200],
+                      holdout_y=ytr[2000:2200], calibration_corrupted={"impulse_noise:5": corrupted["cal"]},
+                      holdout_corrupted={"impulse_noise:5": corrupted["cal"][:64]})
+    cfg = ExportConfig(parity_images=64, calibration_images=128, precisions=("fp32", "int8"))
+    manifest = export_student(Student(trained_tiny, payload_for(fmnist), sha256=None), data, tmp_path / "export",
+                              cfg, quiet=True, log=lambda _m: None, gates=GatesConfig(max_top1_drop=0.05))
+    entry = next(a for a in manifest.artifacts if a["precision"] == "int8")
+    tuning = entry["int8_tuning"]
+    assert tuning["calibration_mix"] == ["clean", "impulse_noise:5"]
+    assert entry["quantization"]["calibration_images"] == 256  # 128 clean + 128 corrupted
+    cov = tuning["coverage"]
+    assert set(cov) >= {"clean", "impulse_noise:5", "tensors"} and cov["impulse_noise:5"] < 1e-3
+    assert all({"tensor", "range", "clean", "impulse_noise:5"} <= set(r) for r in cov["tensors"])
