@@ -68,9 +68,10 @@ def kernel_report(arch: str, threads: int, batch_sizes: list[int], iters: int, b
             base = stats["fp32"]
             for name, st in stats.items():
                 ratio = st.throughput_ips / base.throughput_ips
-                out[name][f"batch{bs}"] = {**st.to_dict(), "throughput_vs_fp32": ratio}
+                p50_ratio = base.p50_ms / st.p50_ms
+                out[name][f"batch{bs}"] = {**st.to_dict(), "throughput_vs_fp32": ratio, "p50_speedup_vs_fp32": p50_ratio}
                 print(f"  {arch} batch {bs:3d} {name:9s} p50 {st.p50_ms:8.3f} ms  {st.throughput_ips:9.0f} img/s  "
-                      f"{ratio:5.2f}x FP32")
+                      f"{ratio:5.2f}x FP32 img/s, {p50_ratio:5.2f}x FP32 p50")
     return out
 
 

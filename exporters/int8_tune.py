@@ -9,8 +9,8 @@ reports on). Steps, each recorded for the manifest:
    calibrator (minmax, entropy, percentile); each is quantized, run on the holdout and
    timed at batch 64; the fastest one that passes is kept.
 2. sensitivity (when the kept candidate fails, or `export.int8.sensitivity`): for each
-   Conv/Gemm, the graph with that layer alone quantized and with that layer alone kept
-   in float, as holdout top-1 and mean KL(FP32 || INT8). Layers are ranked by the KL of
+   Conv/Gemm, the graph with that layer alone quantized (and, with `sensitivity: true`,
+   with that layer alone kept in float), as holdout top-1 and mean KL(FP32 || INT8). Layers are ranked by the KL of
    "quantized alone": what one layer's quantization costs by itself.
 3. fallback (`export.int8.fallback`): keep the 1, 2, ... most sensitive layers in float
    (up to `max_float_layers`) until the gates hold; the first passing step is kept. If
@@ -102,24 +102,28 @@ def _best_failing(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sensitivity_table(fp32: Path, pre: Path, calibration: np.ndarray, holdout: Holdout, base: Int8Options,
-                      tmp: Path, log: Log) -> list[dict[str, Any]]:
+                      tmp: Path, log: Log, kept_float_alone: bool = True) -> list[dict[str, Any]]:
     """Per Conv/Gemm layer: holdout top-1 and KL to FP32 with that layer alone quantized,
-    and with that layer alone kept in float; sorted most sensitive first."""
+    and (with `kept_float_alone`) with that layer alone kept in float; sorted most
+    sensitive first. Each entry is one quantization + one holdout pass."""
     import onnx
 
     rows = []
     layers = quantizable_layers(onnx.load(str(pre), load_external_data=False))
     for i, layer in enumerate(layers):
         row: dict[str, Any] = {"layer": layer, "module": module_name(layer)}
-        for mode, opts in (("quantized_alone", dataclasses.replace(base, quantize_only=(layer,), keep_float=())),
-                           ("kept_float_alone", dataclasses.replace(base, keep_float=(layer,), quantize_only=()))):
+        modes = [("quantized_alone", dataclasses.replace(base, quantize_only=(layer,), keep_float=()))]
+        if kept_float_alone:
+            modes.append(("kept_float_alone", dataclasses.replace(base, keep_float=(layer,), quantize_only=())))
+        for mode, opts in modes:
             path = quantize_int8(fp32, array_batches(calibration, 64), tmp / f"sens{i}_{mode}.onnx", opts, pre)
             m = holdout.measure(path, mode, opts, timed=False)
             row[mode] = {"holdout_top1": m["holdout_top1"], "kl_to_fp32": m["kl_to_fp32"]}
         rows.append(row)
+        kept = row.get("kept_float_alone")
         log(f"[export] int8 sensitivity {layer}: quantized alone KL {row['quantized_alone']['kl_to_fp32']:.4f} "
-            f"top-1 {row['quantized_alone']['holdout_top1']:.4f}; kept float alone KL "
-            f"{row['kept_float_alone']['kl_to_fp32']:.4f}")
+            f"top-1 {row['quantized_alone']['holdout_top1']:.4f}"
+            + (f"; kept float alone KL {kept['kl_to_fp32']:.4f} top-1 {kept['holdout_top1']:.4f}" if kept else ""))
     return sorted(rows, key=lambda r: -r["quantized_alone"]["kl_to_fp32"])
 
 
@@ -153,7 +157,9 @@ def tune_int8(fp32: Path, calibration: np.ndarray, out_path: Path, cfg: Int8Conf
         chosen_file = files[chosen["method"]]
         steps: list[dict[str, Any]] = []
         if cfg.sensitivity or (not chosen["passes"] and cfg.fallback and cfg.max_float_layers > 0):
-            table = sensitivity_table(fp32, pre, calibration, holdout, chosen["_options"], tmp, log)
+            # the fallback ranks by "quantized alone"; "kept float alone" doubles the cost, so only on request
+            table = sensitivity_table(fp32, pre, calibration, holdout, chosen["_options"], tmp, log,
+                                      kept_float_alone=cfg.sensitivity)
             record["sensitivity"] = table
             if not chosen["passes"] and cfg.fallback:
                 order = [r["layer"] for r in table]

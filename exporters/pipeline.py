@@ -18,7 +18,7 @@ from exporters.inputs import Corrupt, ExportData, build_export_data
 from exporters.stage_engine import export_engine_stage
 from exporters.stage_onnx import export_onnx_stage
 from richkd_deploy.deps import TRT_MISSING, available
-from richkd_deploy.errors import MissingDependencyError
+from richkd_deploy.errors import MissingDependencyError, RecipeError
 from richkd_deploy.manifest import Manifest, check_can_export
 from richkd_deploy.recipe import ExportConfig, GatesConfig
 from richkd_deploy.runs import RunDir, run_lock
@@ -34,6 +34,9 @@ def export_student(student: Student, data: ExportData, export_dir: Path, cfg: Ex
     of `export_run`, free of run-folder handling so tests drive it with tiny models and arrays."""
     export_dir = Path(export_dir)
     check_can_export(export_dir, force)
+    if trt and "int8" in cfg.precisions and not cfg.int8.symmetric_activations:
+        raise RecipeError("export.int8.symmetric_activations: false gives non-zero zero points, which TensorRT "
+                          "rejects; set it to true for --trt, or export without --trt")
     with staging(export_dir) as folder:
         manifest = export_onnx_stage(student, data, export_dir, folder, cfg, device, quiet, log, gates=gates)
         if trt:

@@ -102,10 +102,12 @@ def test_fallback_keeps_the_outlier_layers_in_float_until_the_gates_hold(onnx_pa
     holdout = _holdout(onnx_pair["bad"], fmnist, gates)
     logs: list[str] = []
     out = tmp_path / "model.int8.onnx"
-    record = tune_int8(onnx_pair["bad"], _calibration(fmnist), out, Int8Config(), holdout, logs.append)
+    record = tune_int8(onnx_pair["bad"], _calibration(fmnist), out, Int8Config(sensitivity=True), holdout,
+                       logs.append)
     assert not record["candidates"][0]["passes"]
     table = record["sensitivity"]
     assert [r["layer"] for r in table][:2] and {table[0]["module"], table[1]["module"]} == {"conv1.0", "conv2.0"}, table
+    assert all(set(r) == {"layer", "module", "quantized_alone", "kept_float_alone"} for r in table)
     steps = record["fallback_steps"]
     assert [s["step"] for s in steps] == [f"fallback {k}" for k in range(1, len(steps) + 1)]
     assert steps[-1]["passes"] and all(not s["passes"] for s in steps[:-1])
