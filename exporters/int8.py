@@ -50,6 +50,8 @@ again), and `kernel_counts` there to count what really runs as int8.
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import itertools
 import json
 import tempfile
@@ -297,24 +299,26 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
                      if o.name in producer and producer[o.name].op_type == "Add"
                      and producer[o.name].name.endswith("_bias")]
         keep_float_types = sorted({"Gemm"} | set(output_producer_types(source)) - {"Add"})
-        quantize_static(
-            str(pre), str(qdq), reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=options.per_channel,
-            reduce_range=True,
-            calibrate_method=getattr(CalibrationMethod, METHODS[options.method]),
-            nodes_to_quantize=list(options.quantize_only) or None,
-            nodes_to_exclude=[*bias_adds, *options.keep_float],
-            extra_options={
-                "ActivationSymmetric": options.symmetric_activations,
-                "WeightSymmetric": True,
-                "QuantizeBias": False,
-                "QDQKeepRemovableActivations": False,
-                "OpTypesToExcludeOutputQuantization": keep_float_types,
-            },
-        )
+        # the Entropy/Percentile calibrators print progress to stdout: keep the CLI's output (and --quiet) clean
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(pre), str(qdq), reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=options.per_channel,
+                reduce_range=True,
+                calibrate_method=getattr(CalibrationMethod, METHODS[options.method]),
+                nodes_to_quantize=list(options.quantize_only) or None,
+                nodes_to_exclude=[*bias_adds, *options.keep_float],
+                extra_options={
+                    "ActivationSymmetric": options.symmetric_activations,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": False,
+                    "QDQKeepRemovableActivations": False,
+                    "OpTypesToExcludeOutputQuantization": keep_float_types,
+                },
+            )
         model = onnx.load(str(qdq))
     float_output_check(model)
     dedicate_qdq_pairs(model)
