@@ -84,6 +84,7 @@ QUANT_SETTINGS: dict[str, Any] = {
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 LAYER_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+BIAS_SUFFIX = "_without_bias"  # split_gemm_bias: the Gemm's output before its bias Add
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def split_gemm_bias(model: Any) -> list[str]:
             new_nodes.append(node)
             continue
         bias, out = node.input[2], node.output[0]
-        raw = f"{out}_without_bias"
+        raw = f"{out}{BIAS_SUFFIX}"
         del node.input[2]
         node.output[0] = raw
         add = helper.make_node("Add", [raw, bias], [out], name=f"{node.name or out}_bias")
@@ -253,9 +254,7 @@ def module_name(node_name: str) -> str:
     parts = [p for p in node_name.split("/") if p][:-1]
     out: list[str] = []
     for p in parts:
-        if out and p.startswith(out[-1] + "."):
-            out[-1] = p
-        elif out and ".".join(out).endswith("." + p.split(".")[0]) and "." in p:
+        if out and p.startswith(out[-1] + "."):  # '/layer1/layer1.0/' is the scope of module layer1.0
             out[-1] = p
         else:
             out.append(p)
@@ -293,11 +292,9 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
         unknown = sorted((set(options.keep_float) | set(options.quantize_only)) - set(quantizable_layers(pre_model)))
         if unknown:
             raise ArtifactError(f"layers to keep in float not in the graph: {', '.join(unknown)}")
-        # the logits stay float: the output's producer chain (the classifier Gemm and its bias Add)
-        producer = {o: n for n in pre_model.graph.node for o in n.output}
-        bias_adds = [producer[o.name].name for o in pre_model.graph.output
-                     if o.name in producer and producer[o.name].op_type == "Add"
-                     and producer[o.name].name.endswith("_bias")]
+        # the logits stay float: no Gemm output is quantized, nor the Adds that carry the split-off biases
+        bias_adds = [n.name for n in pre_model.graph.node
+                     if n.op_type == "Add" and n.input and n.input[0].endswith(BIAS_SUFFIX)]
         keep_float_types = sorted({"Gemm"} | set(output_producer_types(source)) - {"Add"})
         # the Entropy/Percentile calibrators print progress to stdout: keep the CLI's output (and --quiet) clean
         with contextlib.redirect_stdout(io.StringIO()):

@@ -159,3 +159,28 @@ def test_float_output_check_refuses_a_quantized_output() -> None:
                                helper.make_tensor("z", TensorProto.INT8, [], [0])])
     with pytest.raises(ArtifactError, match="logits must stay float"):
         float_output_check(helper.make_model(graph))
+
+
+def test_module_name_maps_onnx_node_names_to_torch_modules() -> None:
+    from exporters.int8 import module_name
+
+    assert module_name("/model/layer1/layer1.0/conv1/Conv") == "model.layer1.0.conv1"
+    assert module_name("/conv1/conv1.0/Conv") == "conv1.0"
+    assert module_name("/fc/Gemm") == "fc"
+
+
+def test_every_gemm_bias_is_split_and_kept_float(tmp_path: Path) -> None:
+    """An MLP head (two Gemms): both biases become float Adds, both Gemms run as QGemm."""
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    torch.manual_seed(0)
+    fp32 = export_onnx(head.eval(), tmp_path / "mlp.onnx", (3, 2, 2), 17, {})
+    x = np.random.default_rng(0).standard_normal((32, 3, 2, 2)).astype(np.float32)
+    path = quantize_int8(fp32, [x], tmp_path / "mlp.int8.onnx")
+    model = onnx.load(str(path))
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == 2
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert all(producer[a.input[0]].op_type == "Gemm" for a in adds)  # no Q/DQ between a Gemm and its bias
+    assert kernel_counts(path)["ops"] == {"QGemm": 2}
+    ref = run_session(make_session(fp32), x)
+    assert np.abs(run_session(make_session(path), x) - ref).max() < 0.1 * np.abs(ref).max()
