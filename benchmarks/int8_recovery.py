@@ -14,6 +14,7 @@ ratios, top-1 agreement of each INT8 graph with FP32 on the synthetic images, an
 machine (ISA flags and load average: the ratios depend on VNNI and on other load).
 
     python benchmarks/int8_recovery.py --recovery            # + the recovery table (below)
+    python benchmarks/int8_recovery.py --no-kernels --recovery --recovery-arch MobileNetV2 --train-images 6000
 
 `--recovery` trains a small residual CNN on 3,000 Fashion-MNIST images (about a
 minute), then builds the failure the fallback exists for: channel 0 of one convolution's
@@ -32,6 +33,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,7 +86,8 @@ def kernel_report(arch: str, threads: int, batch_sizes: list[int], iters: int, b
     return out
 
 
-def recovery_table(threads: int, budget_s: float) -> list[dict]:
+def recovery_table(threads: int, budget_s: float, arch: str | None = None, train_images: int = 3000,
+                   epochs: int = 4) -> list[dict]:
     import dataclasses
 
     import numpy as np
@@ -94,7 +97,7 @@ def recovery_table(threads: int, budget_s: float) -> list[dict]:
     from exporters.inputs import corrupted_arrays
     from exporters.int8_tune import Holdout, tune_int8
     from exporters.onnx_fp32 import export_onnx
-    from richkd_deploy import data
+    from richkd_deploy import data, models
     from richkd_deploy.evaluate.corruptions import corrupt
     from richkd_deploy.evaluate.latency import bench_callables
     from richkd_deploy.recipe import GatesConfig, Int8Config
@@ -118,25 +121,31 @@ def recovery_table(threads: int, budget_s: float) -> list[dict]:
 
     name = "fashion-mnist"
     mean, std = data.default_mean_std(name)
-    train = data.build_dataset(name, "train", limit=3600, seed=0)
+    n_train = train_images
+    train = data.build_dataset(name, "train", limit=n_train + 600, seed=0)
     test = data.build_dataset(name, "test", limit=1000, seed=0)
     xtr, ytr = eval_arrays(train, 32, mean, std)
     xte, yte = eval_arrays(test, 32, mean, std)
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    net = Net()
+    net = Net() if arch is None else models.export_view(models.create_model(arch, num_classes=10))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(xtr[:3000]), torch.from_numpy(ytr[:3000])
-    for _ in range(4):
-        for idx in torch.randperm(3000).split(64):
+    xt, yt = torch.from_numpy(xtr[:n_train]), torch.from_numpy(ytr[:n_train])
+    net.train()
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for idx in torch.randperm(n_train).split(64):
             opt.zero_grad()
             nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
             opt.step()
+    print(f"recovery: trained {arch or 'the outlier CNN'} on {n_train} images, {epochs} epochs, "
+          f"{time.perf_counter() - t0:.0f} s")
     net.eval()
-    with torch.no_grad():
-        net.conv1[1].weight[0] *= 1000.0
-        net.conv1[1].bias[0] *= 1000.0
-        net.conv2[0].weight[:, 0] /= 1000.0
+    if arch is None:  # the constructed failure: an outlier channel between conv1 and conv2
+        with torch.no_grad():
+            net.conv1[1].weight[0] *= 1000.0
+            net.conv1[1].bias[0] *= 1000.0
+            net.conv2[0].weight[:, 0] /= 1000.0
     names = ["gaussian_noise", "impulse_noise", "fog", "contrast"]
     test_c = corrupted_arrays(test, [f"{n}:3" for n in names], corrupt, 32, mean, std, 0, limit=500)
     cal_c = corrupted_arrays(train, [f"{n}:3" for n in names[:2]], corrupt, 32, mean, std, 0, limit=256)
@@ -145,8 +154,8 @@ def recovery_table(threads: int, budget_s: float) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="richkd-recovery-") as tmp:
         fp32 = export_onnx(net, Path(tmp) / "model.onnx", (3, 32, 32), 17, {})
         s32 = make_session(fp32, threads=threads)
-        ref_test, ref_hold = run_session(s32, xte), run_session(s32, xtr[3000:3600])
-        holdout = Holdout(xtr[3000:3600], ytr[3000:3600], ref_hold, gates.max_top1_drop, gates.min_agreement)
+        ref_test, ref_hold = run_session(s32, xte), run_session(s32, xtr[n_train:])
+        holdout = Holdout(xtr[n_train:], ytr[n_train:], ref_hold, gates.max_top1_drop, gates.min_agreement)
         acc_c32 = np.mean([top1(run_session(s32, x), yte[:500]) for x in test_c.values()])
         clean_cal = xtr[:256]
         mixed_cal = np.concatenate([clean_cal, *cal_c.values()])
@@ -192,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the report here")
     p.add_argument("--recovery", action="store_true", help="also the recovery table on a model built to fail")
     p.add_argument("--no-kernels", action="store_true", help="skip the kernel/speed part")
+    p.add_argument("--recovery-arch", default=None, help="a zoo model trained instead of the outlier CNN")
+    p.add_argument("--train-images", type=int, default=3000)
+    p.add_argument("--epochs", type=int, default=4)
     args = p.parse_args(argv)
     threads = args.threads or default_threads()
     info = machine_info()
@@ -199,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": info, "models": [] if args.no_kernels else
               [kernel_report(a, threads, args.batch_sizes, args.iters, args.budget) for a in args.arch]}
     if args.recovery:
-        report["recovery"] = recovery_table(threads, args.budget)
+        report["recovery"] = recovery_table(threads, args.budget, args.recovery_arch, args.train_images, args.epochs)
     report["machine_after"] = describe_machine()
     print(report["machine_after"])
     if args.json:
