@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def kernel_report(arch: str, threads: int, batch_sizes: list[int], iters: int, budget_s: float) -> dict:
-    import numpy as np
     import torch
 
     from exporters.inputs import array_batches
@@ -88,8 +87,6 @@ def kernel_report(arch: str, threads: int, batch_sizes: list[int], iters: int, b
 
 def recovery_table(threads: int, budget_s: float, arch: str | None = None, train_images: int = 3000,
                    epochs: int = 4) -> list[dict]:
-    import dataclasses
-
     import numpy as np
     import torch
     from torch import nn

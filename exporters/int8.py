@@ -56,10 +56,9 @@ import itertools
 import json
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from dataclasses import dataclass, field
 
 import numpy as np
 

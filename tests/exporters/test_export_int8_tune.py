@@ -178,10 +178,9 @@ def test_export_manifest_records_the_tuning(trained_tiny: nn.Module, fmnist: dic
 @pytest.fixture(scope="module")
 def corrupted(fmnist: dict) -> dict[str, Any]:
     """Noisy copies (validate's impulse_noise, severity 5) of the calibration and holdout images."""
+    from exporters.inputs import corrupted_arrays
     from richkd_deploy import data
     from richkd_deploy.evaluate.corruptions import corrupt
-
-    from exporters.inputs import corrupted_arrays
 
     ds = data.build_dataset(fmnist["name"], "train", limit=3000, seed=0)
     cal = corrupted_arrays(ds, ["impulse_noise:5"], corrupt, 32, fmnist["mean"], fmnist["std"], 0, limit=128)
@@ -205,10 +204,9 @@ def test_coverage_is_zero_on_the_calibration_images_and_not_on_corrupted_ones(on
 
 
 def test_corrupted_calibration_needs_the_corruption_function() -> None:
+    from exporters.inputs import build_export_data
     from richkd_deploy import recipe as recipe_mod
     from richkd_deploy.errors import ArtifactError, RecipeError
-
-    from exporters.inputs import build_export_data
 
     with pytest.raises(RecipeError, match="name:severity"):
         recipe_mod.load("recipes/smoke.yaml", ["export.int8.calibration_corruptions=[gaussian_noise]"])

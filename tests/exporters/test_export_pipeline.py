@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import exporters.commit as commit_mod
+import exporters.int8_tune as int8_tune
 import exporters.pipeline as pipeline
 import exporters.stage_onnx as stage_onnx
-import exporters.int8_tune as int8_tune
 from exporters.metadata import read_metadata
 from exporters.pipeline import export_run, export_student
 from richkd_deploy.deps import available
