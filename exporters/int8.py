@@ -260,13 +260,25 @@ def module_name(node_name: str) -> str:
     return ".".join(out) or node_name
 
 
+def _supports_calibration_cache() -> bool:
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
 def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarray], out_path: str | Path,
-                  options: Int8Options | None = None, preprocessed: str | Path | None = None) -> Path:
+                  options: Int8Options | None = None, preprocessed: str | Path | None = None,
+                  calibration_cache: str | Path | None = None) -> Path:
     """Write a Q/DQ INT8 copy of `onnx_path` to `out_path` (atomically).
 
     `calibration_batches` yields float32 NCHW arrays already through the eval
     transform (training images, so the test set stays unseen). `preprocessed` reuses
-    a `preprocess` output (the fallback loop quantizes the same graph many times).
+    a `preprocess` output (the fallback loop quantizes the same graph many times), and
+    `calibration_cache` the calibrated ranges of an earlier call with the same graph,
+    images and method (onnxruntime >= 1.32's `calibration_cache_path`; older versions
+    calibrate again): the sensitivity and fallback graphs then cost no calibration pass.
     """
     onnx = require("onnx")
     require("onnxruntime", "cpu")
@@ -295,6 +307,8 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
         bias_adds = [n.name for n in pre_model.graph.node
                      if n.op_type == "Add" and n.input and n.input[0].endswith(BIAS_SUFFIX)]
         keep_float_types = sorted({"Gemm"} | set(output_producer_types(source)) - {"Add"})
+        cache_arg = {"calibration_cache_path": str(calibration_cache)} \
+            if calibration_cache is not None and _supports_calibration_cache() else {}
         # the Entropy/Percentile calibrators print progress to stdout: keep the CLI's output (and --quiet) clean
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
@@ -307,6 +321,7 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
                 calibrate_method=getattr(CalibrationMethod, METHODS[options.method]),
                 nodes_to_quantize=list(options.quantize_only) or None,
                 nodes_to_exclude=[*bias_adds, *options.keep_float],
+                **cache_arg,
                 extra_options={
                     "ActivationSymmetric": options.symmetric_activations,
                     "WeightSymmetric": True,
@@ -316,6 +331,8 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
                 },
             )
         model = onnx.load(str(qdq))
+    while reader.get_next() is not None:  # a cached calibration read no images: count them for the record
+        pass
     float_output_check(model)
     dedicate_qdq_pairs(model)
     props = {p.key: p.value for p in source.metadata_props}

@@ -126,7 +126,8 @@ def sensitivity_table(fp32: Path, pre: Path, calibration: np.ndarray, holdout: H
         if kept_float_alone:
             modes.append(("kept_float_alone", dataclasses.replace(base, keep_float=(layer,), quantize_only=())))
         for mode, opts in modes:
-            path = quantize_int8(fp32, array_batches(calibration, 64), tmp / f"sens{i}_{mode}.onnx", opts, pre)
+            path = quantize_int8(fp32, array_batches(calibration, 64), tmp / f"sens{i}_{mode}.onnx", opts, pre,
+                                 tmp / f"ranges-{opts.method}.json")
             m = holdout.measure(path, mode, opts, timed=False)
             row[mode] = {"holdout_top1": m["holdout_top1"], "kl_to_fp32": m["kl_to_fp32"]}
         rows.append(row)
@@ -156,7 +157,8 @@ def tune_int8(fp32: Path, calibration: np.ndarray, out_path: Path, cfg: Int8Conf
         candidates = []
         for method in (list(METHODS) if cfg.search else [cfg.method]):
             opts = dataclasses.replace(base, method=method)
-            files[method] = quantize_int8(fp32, array_batches(calibration, 64), tmp / f"{method}.onnx", opts, pre)
+            files[method] = quantize_int8(fp32, array_batches(calibration, 64), tmp / f"{method}.onnx", opts, pre,
+                                          tmp / f"ranges-{method}.json")
             row = holdout.measure(files[method], method, opts)
             candidates.append({**row, "_options": opts})
             log(f"[export] int8 {method}: holdout top-1 {row['holdout_top1']:.4f} (FP32 {holdout.fp32_top1:.4f}), "
@@ -175,7 +177,8 @@ def tune_int8(fp32: Path, calibration: np.ndarray, out_path: Path, cfg: Int8Conf
                 order = [r["layer"] for r in table]
                 for k in range(1, min(cfg.max_float_layers, len(order)) + 1):
                     opts = dataclasses.replace(chosen["_options"], keep_float=tuple(order[:k]))
-                    path = quantize_int8(fp32, array_batches(calibration, 64), tmp / f"fallback{k}.onnx", opts, pre)
+                    path = quantize_int8(fp32, array_batches(calibration, 64), tmp / f"fallback{k}.onnx", opts, pre,
+                                         tmp / f"ranges-{opts.method}.json")
                     row = {**holdout.measure(path, f"fallback {k}", opts), "_options": opts}
                     files[row["step"]] = path
                     steps.append(row)

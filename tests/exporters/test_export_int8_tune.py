@@ -233,3 +233,27 @@ def test_export_records_the_calibration_mix_and_coverage(trained_tiny: nn.Module
     cov = tuning["coverage"]
     assert set(cov) >= {"clean", "impulse_noise:5", "tensors"} and cov["impulse_noise:5"] < 1e-3
     assert all({"tensor", "range", "clean", "impulse_noise:5"} <= set(r) for r in cov["tensors"])
+
+
+def test_calibration_cache_reuses_the_ranges(onnx_pair: dict, fmnist: dict, tmp_path: Path) -> None:
+    """The sensitivity/fallback graphs reuse one calibration (onnxruntime's calibration
+    cache): a second call with other images but the same cache gets the same scales."""
+    from exporters.int8 import _supports_calibration_cache
+
+    if not _supports_calibration_cache():
+        pytest.skip("this onnxruntime has no calibration cache (it calibrates each graph again)")
+
+    def scales(path: Path) -> list[float]:
+        m = onnx.load(str(path))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+        return [float(inits[n.input[1]]) for n in m.graph.node
+                if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1]
+
+    cache = tmp_path / "ranges.json"
+    xtr = fmnist["train"][0]
+    a = quantize_int8(onnx_pair["good"], [xtr[:64]], tmp_path / "a.onnx", calibration_cache=cache)
+    assert cache.exists()
+    b = quantize_int8(onnx_pair["good"], [xtr[1000:1032] * 3], tmp_path / "b.onnx", calibration_cache=cache)
+    c = quantize_int8(onnx_pair["good"], [xtr[1000:1032] * 3], tmp_path / "c.onnx")
+    assert scales(a) == scales(b) != scales(c)
+    assert read_metadata(onnx.load(str(b)))["quantization"]["calibration_images"] == 32
