@@ -137,6 +137,7 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
            data_root: str | None, input_size: int | None, overrides: tuple[str, ...]) -> None:
     """Export a finished run to ONNX (fp32, fp16, int8 Q/DQ) and, with --trt, TensorRT."""
     from exporters.pipeline import export_run
+    from richkd_deploy.evaluate.corruptions import corrupt  # for export.int8.calibration_corruptions
 
     if weights is not None or arch is not None or data_root is not None:
         if not (weights and arch and data_root and run):
@@ -146,7 +147,8 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
         adopt_checkpoint(weights, arch, data_root, run, input_size=input_size, force=force, overrides=overrides,
                          log=(lambda m: None) if quiet else click.echo)
     root = _resolve_run(run)
-    export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo)
+    export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo,
+               corrupt=corrupt)
     click.echo(f"done: {root / 'export' / 'manifest.json'}")
 
 
