@@ -185,11 +185,10 @@ def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provi
                                runtime=None if runtime == "onnxruntime" else runtime, dist=dist)
     finally:
         dist.close()
-    if not dist.is_main:
-        raise SystemExit(results["exit_code"])
-    if as_json:
+    code = distributed.rank_exit_code(results["exit_code"], dist)
+    if as_json and dist.is_main:
         click.echo(json.dumps(results, indent=2))
-    raise SystemExit(results["exit_code"])
+    raise SystemExit(code)
 
 
 @cli.command()

@@ -22,7 +22,9 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ import torch.distributed as tdist
 
 from richkd_deploy import faults
 from richkd_deploy.errors import MissingDependencyError, RichKDError
+from richkd_deploy.runs import atomic_write_text
 from richkd_deploy.runtime.predictions import predict_all
 from richkd_deploy.train.dist import TIMEOUT_ENV, DistContext, default_timeout_s
 
@@ -122,8 +125,31 @@ def share_exit_code(code: int | None, dist: DistContext) -> int:
         return int(dist.broadcast([float(code or 0)])[0])
 
 
+VERDICT_ENV = "RICHKD_VALIDATE_VERDICT"
+
+
+def rank_exit_code(code: int, dist: DistContext) -> int:
+    """What a rank exits with. Launched by `--nproc`, rank 0 hands the verdict to the
+    launcher through a file and every rank exits 0: torchrun reads any non-zero exit
+    as a crashed worker (a traceback, and 1 = "a gate failed" would be ambiguous)."""
+    path = os.environ.get(VERDICT_ENV)
+    if not path:
+        return code
+    if dist.is_main:
+        atomic_write_text(Path(path), f"{code}\n")
+    return 0
+
+
 def launch(nproc: int, argv: Sequence[str]) -> int:
-    """`richkd-deploy validate ...` again under torchrun with `nproc` ranks on this machine."""
+    """`richkd-deploy validate ...` again under torchrun with `nproc` ranks on this machine;
+    the verdict's exit code (0/1), or 2 with one line when a rank failed."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "richkd_deploy", "validate", *argv]
-    return subprocess.call(cmd, env=dict(os.environ))
+    with tempfile.TemporaryDirectory(prefix="richkd-validate-") as tmp:
+        verdict = Path(tmp) / "exit_code"
+        rc = subprocess.call(cmd, env=dict(os.environ, **{VERDICT_ENV: str(verdict)}))
+        if rc == 0 and verdict.is_file():
+            return int(verdict.read_text())
+    print(f"error: validate --nproc {nproc}: a rank failed (its error is above); no verdict was written",
+          file=sys.stderr)
+    return 2

@@ -64,5 +64,6 @@ def test_two_ranks_write_the_single_process_results(exported: Path):
 @pytest.mark.slow
 def test_a_hung_rank_stops_the_others_with_one_line(exported: Path):
     proc = validate(exported, 2, env={"RICHKD_FAULT_PAUSE": "validate:rank1", "RICHKD_DIST_TIMEOUT_S": "15"})
-    assert proc.returncode != 0
+    assert proc.returncode == 2  # not 1, which means "a gate failed"
     assert "validate rank 0: lost the other ranks while gathering" in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: validate --nproc 2: a rank failed")
