@@ -161,21 +161,36 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
 @click.option("--runtime", "runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
               show_default=True, help="what runs the ONNX artifacts (openvino: pip install 'richkd-deploy[openvino]')")
 @click.option("--json", "as_json", is_flag=True, help="also print the results document to stdout")
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="processes on this machine, each running a share of the images (launches torchrun)")
 @click.option("--quiet", is_flag=True)
 def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provider: str, runtime: str,
-             as_json: bool, quiet: bool) -> None:
+             as_json: bool, nproc: int, quiet: bool) -> None:
     """Check accuracy, calibration and corruption robustness of the exported artifacts
     against the recipe's gates. Exit 0 if every gate holds, 1 if one fails."""
     from exporters.calibrated import export_calibrated
+    from richkd_deploy.evaluate import distributed
     from richkd_deploy.evaluate.harness import validate_run
+    from richkd_deploy.train.dist import DistContext
 
     root = _resolve_run(run)
-    results = validate_run(root, artifacts=artifacts, calibrate=calibrate, provider=provider, quiet=quiet,
-                           log=(lambda m: None) if (quiet or as_json) else click.echo,
-                           write_calibrated=export_calibrated, runtime=None if runtime == "onnxruntime" else runtime)
-    if as_json:
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        argv = [str(root), *sum((["--artifact", a] for a in artifacts), []), "--provider", provider,
+                "--runtime", runtime] + (["--calibrate"] if calibrate else []) + \
+               (["--json"] if as_json else []) + (["--quiet"] if quiet else [])
+        raise SystemExit(distributed.launch(nproc, argv))
+    dist = DistContext.from_env(distributed.device_type_for(provider))
+    try:
+        results = validate_run(root, artifacts=artifacts, calibrate=calibrate, provider=provider, quiet=quiet,
+                               log=(lambda m: None) if (quiet or as_json) else click.echo,
+                               write_calibrated=export_calibrated,
+                               runtime=None if runtime == "onnxruntime" else runtime, dist=dist)
+    finally:
+        dist.close()
+    code = distributed.rank_exit_code(results["exit_code"], dist)
+    if as_json and dist.is_main:
         click.echo(json.dumps(results, indent=2))
-    raise SystemExit(results["exit_code"])
+    raise SystemExit(code)
 
 
 @cli.command()
