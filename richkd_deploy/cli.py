@@ -169,9 +169,9 @@ def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provi
     """Check accuracy, calibration and corruption robustness of the exported artifacts
     against the recipe's gates. Exit 0 if every gate holds, 1 if one fails."""
     from exporters.calibrated import export_calibrated
+    from richkd_deploy.dist import DistContext
     from richkd_deploy.evaluate import distributed
     from richkd_deploy.evaluate.harness import validate_run
-    from richkd_deploy.train.dist import DistContext
 
     root = _resolve_run(run)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:

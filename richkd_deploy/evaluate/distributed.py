@@ -31,10 +31,10 @@ import numpy as np
 import torch.distributed as tdist
 
 from richkd_deploy import faults
+from richkd_deploy.dist import TIMEOUT_ENV, DistContext, default_timeout_s
 from richkd_deploy.errors import MissingDependencyError, RichKDError
 from richkd_deploy.runs import atomic_write_text
 from richkd_deploy.runtime.predictions import predict_all
-from richkd_deploy.train.dist import TIMEOUT_ENV, DistContext, default_timeout_s
 
 
 class RankFailedError(RichKDError):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from richkd_deploy import __version__
 from richkd_deploy.data.for_recipe import build_eval_datasets
+from richkd_deploy.dist import DistContext
 from richkd_deploy.errors import ArtifactError, RichKDError
 from richkd_deploy.evaluate import corruptions as corr
 from richkd_deploy.evaluate import gates as gates_mod
@@ -34,7 +35,6 @@ from richkd_deploy.recipe import Recipe
 from richkd_deploy.runs import RunDir, atomic_write_json, run_lock
 from richkd_deploy.runtime.predictions import eval_arrays, normalise, predictions
 from richkd_deploy.student import load_student
-from richkd_deploy.train.dist import DistContext
 
 SCHEMA = "richkd-deploy/validate/1"
 Log = Callable[[str], None]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from richkd_deploy.data import make_loader
-from richkd_deploy.train.dist import DistContext
+from richkd_deploy.dist import DistContext
 from richkd_deploy.train.log import RunLog
 
 

@@ -34,12 +34,12 @@ from torch import nn
 from tqdm import tqdm
 
 from richkd_deploy import faults
+from richkd_deploy.dist import DistContext
 from richkd_deploy.errors import RichKDError
 from richkd_deploy.models import save_checkpoint
 from richkd_deploy.recipe import OptimConfig
 from richkd_deploy.train import devices, rng
 from richkd_deploy.train.context import TrainContext
-from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
 from richkd_deploy.train.metrics import MetricsWriter
 from richkd_deploy.train.stage import Compute, Stage

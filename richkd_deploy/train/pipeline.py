@@ -25,6 +25,7 @@ from richkd_deploy import recipe as recipe_mod
 from richkd_deploy.clip import prepare_clip_targets
 from richkd_deploy.data.for_recipe import RecipeDatasets as Datasets
 from richkd_deploy.data.for_recipe import build_recipe_datasets
+from richkd_deploy.dist import DistContext
 from richkd_deploy.errors import CheckpointError, RunError
 from richkd_deploy.models import pretrained
 from richkd_deploy.models.for_recipe import check_architectures
@@ -33,7 +34,6 @@ from richkd_deploy.runs import DEFAULT_RUNS_ROOT, RunDir, atomic_write_text, che
 from richkd_deploy.student import STUDENT_FORMAT
 from richkd_deploy.train import devices, rng
 from richkd_deploy.train.context import TrainContext
-from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
 from richkd_deploy.train.loop import FitResult, Stage, evaluate, fit, scaled_lr
 

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from richkd_deploy.train.dist import DistContext
+from richkd_deploy.dist import DistContext
 
 
 class StopRequest:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from richkd_deploy.clip.targets import prepare_clip_targets
+from richkd_deploy.dist import DistContext
 from richkd_deploy.runs import RunDir
-from richkd_deploy.train.dist import DistContext
 from tests.clip.test_clip_targets import make_recipe
 from tests.fakes import MEAN, STD, FakeDataset
 

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from richkd_deploy.data import make_loader
+from richkd_deploy.dist import DistContext
 from richkd_deploy.distill import create_distiller
 from richkd_deploy.recipe import DistillConfig, OptimConfig
 from richkd_deploy.train.context import TrainContext
-from richkd_deploy.train.dist import DistContext
 from richkd_deploy.train.log import RunLog
 from richkd_deploy.train.loop import Stage, fit
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from richkd_deploy.dist import DistContext, default_timeout_s
 from richkd_deploy.distill.crd import ContrastMemory
 from richkd_deploy.errors import CheckpointError
 from richkd_deploy.recipe import OptimConfig
-from richkd_deploy.train.dist import DistContext, default_timeout_s
 from richkd_deploy.train.log import RunLog
 from richkd_deploy.train.loop import Stage, StopRequest, _check_world_size, scaled_lr
 from tests.train.ddp_worker import NoBN, run_all

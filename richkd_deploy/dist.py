@@ -1,4 +1,4 @@
-"""Process-group facts in one object, so the training code asks `dist.is_main`
+"""Process-group facts in one object, so training and validation ask `dist.is_main`
 instead of scattering `torch.distributed` calls. A single process is the degenerate
 case (world size 1) and needs no process group.
 
