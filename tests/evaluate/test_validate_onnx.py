@@ -160,3 +160,22 @@ def test_bad_input_is_one_line_exit_2(setup, case, capsys) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     if case == "classes":
         assert "outputs 5 classes" in err and "3 class folders" in err
+
+
+def test_contract_records_the_eval_crop_and_applies_it() -> None:
+    """data.eval_crop_ratio reaches the contract, and `preprocess` crops the centre
+    square of ratio x shorter side before resizing (an image already at input_size is
+    taken as prepared, like the resize step)."""
+    from exporters.contract import build_contract, preprocess
+
+    payload = {"input_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3, "classes": ["a", "b"],
+               "recipe": {"data": {"dataset": "imagefolder", "eval_crop_ratio": 0.5}}}
+    c = build_contract(payload)
+    assert c["crop"]["ratio"] == 0.5
+    raw = np.random.default_rng(0).integers(0, 256, (1, 40, 64, 3), dtype=np.uint8)
+    centre = raw[:, 10:30, 22:42]  # side round(0.5 * 40) = 20, centred
+    np.testing.assert_array_equal(preprocess(raw, c), preprocess(centre, {**c, "crop": None}))
+    assert np.abs(preprocess(raw, c) - preprocess(raw, {**c, "crop": None})).max() > 0.1
+    assert build_contract({**payload, "recipe": {"data": {"dataset": "imagefolder"}}})["crop"] is None
+    same = raw[:, :16, :16]
+    np.testing.assert_array_equal(preprocess(same, c), preprocess(same, {**c, "crop": None}))
