@@ -68,9 +68,22 @@ class TorchRuntime(Runtime):
     def open(cls, path: Path, provider: str | None = None, **kwargs: Any) -> TorchRuntime:
         return cls(path, **kwargs)
 
+    #: images per forward pass on the CPU, as pixels (8 images of 128x128): an eager
+    #: forward allocates every activation afresh, and above glibc's 32 MB mmap threshold
+    #: each one is mapped, page-faulted and unmapped again. A 256-image batch of a
+    #: resnet18 at 128 px spent 3x the wall time of 8-image chunks, in page faults and
+    #: threads waiting on each other (benchmarks/validate_overhead.py); GPUs keep the batch.
+    CPU_CHUNK_PIXELS = 8 * 128 * 128
+
     def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
+        step = len(batch)
+        if self.device.type == "cpu":
+            step = max(1, self.CPU_CHUNK_PIXELS // max(1, int(np.prod(batch.shape[2:]))))
+        outs = []
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(batch).to(self.device))
-        if isinstance(out, (tuple, list)):
-            out = out[0]  # (logits, features) models
-        return out.float().cpu().numpy()
+            for i in range(0, len(batch), step):
+                out = self.model(torch.from_numpy(batch[i:i + step]).to(self.device))
+                if isinstance(out, (tuple, list)):
+                    out = out[0]  # (logits, features) models
+                outs.append(out.float().cpu().numpy())
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, 0)
