@@ -28,7 +28,7 @@ def test_cpu_batches_are_split_by_pixels_with_identical_logits() -> None:
     rt = TorchRuntime(model)
     x = np.random.default_rng(0).standard_normal((40, 3, 128, 128)).astype(np.float32)
     got = predict_all(rt, x, batch_size=256)
-    assert max(model.sizes) == TorchRuntime.CPU_CHUNK_PIXELS // (128 * 128) == 8 and sum(model.sizes) == 40
+    assert max(model.sizes) == TorchRuntime.CPU_CHUNK_PIXELS // (128 * 128) == 32 and sum(model.sizes) == 40
     with torch.inference_mode():
         whole = model.net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
