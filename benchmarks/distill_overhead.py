@@ -62,7 +62,8 @@ def bench_steps(args: argparse.Namespace, clip: CachedClipTargets) -> dict[str, 
     for method in METHODS:
         student = create_model("resnet8x4", num_classes=args.classes)
         student.load_state_dict(student0)
-        d = create_distiller(method, cfg, student, teacher, clip, args.n_data, "cpu")
+        d = create_distiller(method, cfg, student, teacher, clip, args.n_data, "cpu",
+                             train_labels=torch.arange(args.n_data) % args.classes)
         d.train()
         opt = torch.optim.SGD(d.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         runs[method] = (d, opt)

@@ -13,6 +13,10 @@ Sections:
            build_clip_cache pipeline (PIL preprocessing in DataLoader workers) and the
            bare image tower on device-resident tensors, each as a fraction of what
            the measured bf16 matmul rate allows for the tower's FLOPs per image
+  clip_ddp the CLIP cache built by 1 process vs 2 torchrun ranks (`clip.shards`), and
+           whether the two caches are byte-identical (benchmarks/scaleout.py)
+  validate_ddp  `validate --nproc 1` vs `--nproc 2` on an exported random resnet8 run,
+           and whether results.json is identical minus timestamps and timings
   ort      onnxruntime CUDA provider (if the installed onnxruntime has it): parity
            with PyTorch and latency at batch 1 and 256
   trt      whether `tensorrt` imports; if it does, FP16 and INT8 engines of the
@@ -123,7 +127,8 @@ def section_train(device: torch.device, quick: bool) -> dict[str, Any]:
                         student = create_model(student_arch, num_classes=classes)
                         # a fresh teacher copy: channels_last converts the teacher in place too
                         d = create_distiller(method, DistillConfig(nce_k=min(16384, n_data - 1)), student,
-                                             copy.deepcopy(teacher), clip, n_data, device)
+                                             copy.deepcopy(teacher), clip, n_data, device,
+                                             train_labels=torch.arange(n_data) % classes)
                         d.train()
                         if channels_last:
                             d = d.to(memory_format=torch.channels_last)
@@ -332,7 +337,26 @@ def section_trt(device: torch.device, quick: bool) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- main
 
-SECTIONS = {"train": section_train, "clip": section_clip, "ort": section_ort, "trt": section_trt}
+# --------------------------------------------------------------------------- DDP stages (issue 18)
+
+
+def section_clip_ddp(device: torch.device, quick: bool) -> dict[str, Any]:
+    """The CLIP cache built by 1 process vs 2 torchrun ranks (shards, gloo between them; on a
+    one-GPU lease both ranks share the GPU and split the CPU-bound PIL preprocessing)."""
+    import scaleout
+
+    return scaleout.clip_scaling(device.type, quick, [1, 2])
+
+
+def section_validate_ddp(device: torch.device, quick: bool) -> dict[str, Any]:
+    """`validate --nproc 1` vs `--nproc 2` (onnxruntime CPU provider, gloo) on an exported run."""
+    import scaleout
+
+    return scaleout.validate_scaling(device.type, quick, [1, 2])
+
+
+SECTIONS = {"train": section_train, "clip": section_clip, "clip_ddp": section_clip_ddp,
+            "validate_ddp": section_validate_ddp, "ort": section_ort, "trt": section_trt}
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -349,6 +373,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"clip   {c['model']} cache {c['cache_images_per_s']:.0f} img/s "
                      f"({100 * c['cache_fraction_of_roofline']:.0f}% of roofline), tower "
                      f"{c['tower_images_per_s']:.0f} img/s ({100 * c['tower_fraction_of_roofline']:.0f}%)")
+    for name in ("clip_ddp", "validate_ddp"):
+        if "runs" in s.get(name, {}):
+            import scaleout
+
+            lines.append(scaleout.summary(name.split("_")[0] + "/ddp", s[name]))
     o = s.get("ort", {})
     if "latency" in o:
         lines.append(f"ort    {o['provider']} max|diff| {o['parity_max_abs_diff']:.1e}; " + "; ".join(

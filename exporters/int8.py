@@ -15,7 +15,8 @@ feeds onnxruntime on the CPU and `trtexec`/our builder on the GPU:
   the graph itself was fine); 7-bit weights agree on 98% on both paths;
 * biases left in float (`QuantizeBias: False`): TensorRT does not take int32 bias
   DequantizeLinear nodes; onnxruntime quantizes them itself at load time;
-* MinMax calibration over `export.calibration_images` training images;
+* calibration over training images (`export.int8`: MinMax by default, or onnxruntime's
+  Entropy / Percentile calibrators; `export.calibration_images` images);
 * the output logits stay in float: the op that produces the graph output (the
   classifier's Gemm) computes in int8 but returns float, with no Q->DQ pair after
   it (onnxruntime's `OpTypesToExcludeOutputQuantization`). A quantized logit has a
@@ -29,19 +30,33 @@ feeds onnxruntime on the CPU and `trtexec`/our builder on the GPU:
   tied top scores 205 -> 0, top-1 agreement with FP32 0.9663 -> 0.9644, top-1 0.7648
   -> 0.7650 (the old tie-counting metric had reported 0.7728 for the quantized logits).
 
+Every Gemm's bias is split off into a float `Add` before quantization. onnxruntime fuses
+`DQ -> Gemm -> (no Q)` into a QGemm with float output only when every Gemm input,
+bias included, comes from a DequantizeLinear; its WeightBiasQuantization pass, which
+quantizes a float bias at load time, only does so when the Gemm's output leads to a
+QuantizeLinear, which the float logits never do. So the classifier ran as a float Gemm
+(measured: resnet8, onnxruntime 1.32, 9/9 QLinearConv but Gemm float). With the bias
+in an Add, the Gemm has two DQ inputs and runs as QGemm; the Add is excluded from
+quantization so the logits stay float.
+
 After quantization every Q->DQ pair that feeds several consumers is duplicated so
 each consumer has a private pair. This changes no value; it lets onnxruntime's x86
 S8->U8 rewrite (which only touches single-consumer pairs) turn every Conv into a
-QLinearConv. See richkd_deploy.runtime.onnxruntime for the matching session setting.
+QLinearConv. See richkd_deploy.runtime.onnxruntime for the matching session setting
+(common-subexpression elimination is disabled for Q/DQ models, else it merges the pairs
+again), and `kernel_counts` there to count what really runs as int8.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import itertools
 import json
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +79,31 @@ QUANT_SETTINGS: dict[str, Any] = {
     "quantize_bias": False,
     "float_output": True,
 }
+
+
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+LAYER_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+BIAS_SUFFIX = "_without_bias"  # split_gemm_bias: the Gemm's output before its bias Add
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How one INT8 graph is made: the calibration method (onnxruntime's calibrators),
+    per-channel weights, symmetric activations (TensorRT needs them; asymmetric ones let
+    onnxruntime drop the float Relu between int8 kernels), and the Conv/Gemm nodes of
+    the preprocessed FP32 graph (`quantizable_layers`) kept in float."""
+
+    method: str = "minmax"
+    per_channel: bool = True
+    symmetric_activations: bool = True
+    keep_float: tuple[str, ...] = field(default_factory=tuple)
+    quantize_only: tuple[str, ...] = field(default_factory=tuple)  # sensitivity: these layers alone
+
+    def record(self, images: int) -> dict[str, Any]:
+        """What the manifest and the file's metadata say about the quantization."""
+        return {**QUANT_SETTINGS, "calibration": METHODS[self.method], "per_channel": self.per_channel,
+                "activation_symmetric": self.symmetric_activations, "calibration_images": int(images),
+                "layers_in_float": list(self.keep_float), "tensorrt_compatible": self.symmetric_activations}
 
 
 class _BatchReader:
@@ -90,15 +130,33 @@ class _BatchReader:
 
 def dedicate_qdq_pairs(model: Any) -> int:
     """Give every consumer of a shared activation DQ its own Q->DQ pair; returns how
-    many pairs were added. Pure graph surgery on an onnx.ModelProto."""
-    from onnx import helper
+    many pairs were added. Pure graph surgery on an onnx.ModelProto.
+
+    Each added pair reads its own copy of the scale, nudged up by k float32 ULPs for the
+    k-th copy (a relative change of ~1e-7 per step, far below the int8 step): otherwise
+    onnxruntime's ConstantSharing + CommonSubexpressionElimination merge the identical
+    pairs back into one shared pair, and the convolutions behind it stay float in any
+    session that does not disable CSE (measured: resnet8, 4 of 9 QLinearConv)."""
+    from onnx import helper, numpy_helper
 
     graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[Any]] = collections.defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
+
+    def scale_copy(name: str, k: int) -> str:
+        new = f"{name}_dedicated{k}"
+        if new not in inits and name in inits:
+            value = numpy_helper.to_array(inits[name]).astype(np.float32)
+            for _ in range(k):
+                value = np.nextafter(value, np.float32(np.inf), dtype=np.float32)
+            inits[new] = numpy_helper.from_array(value, new)
+            graph.initializer.append(inits[new])
+        return new if name in inits else name
+
     new_nodes: list[Any] = []
     added = 0
     for node in graph.node:
@@ -111,9 +169,12 @@ def dedicate_qdq_pairs(model: Any) -> int:
             continue
         for k, user in enumerate(users[1:], start=1):
             q_out, dq_out = f"{q.output[0]}_dedicated{k}", f"{node.output[0]}_dedicated{k}"
-            q2 = helper.make_node("QuantizeLinear", list(q.input), [q_out], name=f"{q.name}_dedicated{k}")
+            scale = scale_copy(q.input[1], k)
+            q2 = helper.make_node("QuantizeLinear", [q.input[0], scale, *q.input[2:]], [q_out],
+                                  name=f"{q.name}_dedicated{k}")
             q2.attribute.extend(q.attribute)
-            dq2 = helper.make_node("DequantizeLinear", [q_out, *node.input[1:]], [dq_out], name=f"{node.name}_dedicated{k}")
+            dq2 = helper.make_node("DequantizeLinear", [q_out, scale, *node.input[2:]], [dq_out],
+                                   name=f"{node.name}_dedicated{k}")
             dq2.attribute.extend(node.attribute)
             new_nodes.extend([q2, dq2])
             for i, name in enumerate(user.input):
@@ -141,19 +202,93 @@ def float_output_check(model: Any) -> None:
                                 "the logits must stay float (this is a bug in exporters.int8, please report it)")
 
 
-def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarray], out_path: str | Path) -> Path:
+def preprocess(onnx_path: str | Path, out_path: str | Path) -> Path:
+    """Shape inference + constant folding/BN fusion (as onnxruntime recommends before static
+    quantization), then every Gemm's bias split into a float Add (see the module docstring).
+    The node names of this graph are the layer names of sensitivity and fallback."""
+    onnx = require("onnx")
+    require("onnxruntime", "cpu")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    quant_pre_process(str(onnx_path), str(out_path), skip_symbolic_shape=False)
+    model = onnx.load(str(out_path))
+    if split_gemm_bias(model):
+        atomic_write_bytes(out_path, model.SerializeToString())
+    return out_path
+
+
+def split_gemm_bias(model: Any) -> list[str]:
+    """Rewrite each `Gemm(A, B, C)` (beta 1) as `Gemm(A, B) -> Add(C)`; returns the Add node names."""
+    from onnx import helper
+
+    graph = model.graph
+    new_nodes, adds = [], []
+    for node in graph.node:
+        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
+        if node.op_type != "Gemm" or len(node.input) < 3 or not node.input[2] or beta != 1.0:
+            new_nodes.append(node)
+            continue
+        bias, out = node.input[2], node.output[0]
+        raw = f"{out}{BIAS_SUFFIX}"
+        del node.input[2]
+        node.output[0] = raw
+        add = helper.make_node("Add", [raw, bias], [out], name=f"{node.name or out}_bias")
+        new_nodes.extend([node, add])
+        adds.append(add.name)
+    if adds:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return adds
+
+
+def quantizable_layers(model: Any) -> list[str]:
+    """Names of the Conv/Gemm-like nodes of a (preprocessed) graph, in graph order."""
+    return [n.name for n in model.graph.node if n.op_type in LAYER_OPS]
+
+
+def module_name(node_name: str) -> str:
+    """Torch module path of an exported node name: '/model/layer1/layer1.0/conv1/Conv' ->
+    'model.layer1.0.conv1' (torch.onnx names nodes by their module scope)."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    out: list[str] = []
+    for p in parts:
+        if out and p.startswith(out[-1] + "."):  # '/layer1/layer1.0/' is the scope of module layer1.0
+            out[-1] = p
+        else:
+            out.append(p)
+    return ".".join(out) or node_name
+
+
+def _supports_calibration_cache() -> bool:
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarray], out_path: str | Path,
+                  options: Int8Options | None = None, preprocessed: str | Path | None = None,
+                  calibration_cache: str | Path | None = None) -> Path:
     """Write a Q/DQ INT8 copy of `onnx_path` to `out_path` (atomically).
 
     `calibration_batches` yields float32 NCHW arrays already through the eval
-    transform (training images, so the test set stays unseen).
+    transform (training images, so the test set stays unseen). `preprocessed` reuses
+    a `preprocess` output (the fallback loop quantizes the same graph many times), and
+    `calibration_cache` the calibrated ranges of an earlier call with the same graph,
+    images and method (onnxruntime >= 1.32's `calibration_cache_path`; older versions
+    calibrate again): the sensitivity and fallback graphs then cost no calibration pass.
     """
     onnx = require("onnx")
     require("onnxruntime", "cpu")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    options = options or Int8Options()
+    if options.method not in METHODS:
+        raise ArtifactError(f"unknown calibration method {options.method!r}; use one of {', '.join(METHODS)}")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
-    source = onnx.load(str(onnx_path))
+    source = onnx.load(str(onnx_path), load_external_data=False)
     input_name = source.graph.input[0].name
     batches = iter(calibration_batches)
     first = next(batches, None)
@@ -162,33 +297,47 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
                             "and export.calibration_images")
     reader = _BatchReader(input_name, itertools.chain([first], batches))
     with tempfile.TemporaryDirectory(prefix="richkd-int8-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
+        pre = Path(preprocessed) if preprocessed else preprocess(onnx_path, Path(tmp) / "pre.onnx")
         qdq = Path(tmp) / "qdq.onnx"
-        # shape inference + constant folding/BN fusion first, as onnxruntime recommends for static quantization
-        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=False)
-        keep_float = output_producer_types(onnx.load(str(pre), load_external_data=False))
-        quantize_static(
-            str(pre), str(qdq), reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={
-                "ActivationSymmetric": True,
-                "WeightSymmetric": True,
-                "QuantizeBias": False,
-                "QDQKeepRemovableActivations": False,
-                "OpTypesToExcludeOutputQuantization": keep_float,
-            },
-        )
+        pre_model = onnx.load(str(pre), load_external_data=False)
+        unknown = sorted((set(options.keep_float) | set(options.quantize_only)) - set(quantizable_layers(pre_model)))
+        if unknown:
+            raise ArtifactError(f"layers to keep in float not in the graph: {', '.join(unknown)}")
+        # the logits stay float: no Gemm output is quantized, nor the Adds that carry the split-off biases
+        bias_adds = [n.name for n in pre_model.graph.node
+                     if n.op_type == "Add" and n.input and n.input[0].endswith(BIAS_SUFFIX)]
+        keep_float_types = sorted({"Gemm"} | set(output_producer_types(source)) - {"Add"})
+        cache_arg = {"calibration_cache_path": str(calibration_cache)} \
+            if calibration_cache is not None and _supports_calibration_cache() else {}
+        # the Entropy/Percentile calibrators print progress to stdout: keep the CLI's output (and --quiet) clean
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(pre), str(qdq), reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=options.per_channel,
+                reduce_range=True,
+                calibrate_method=getattr(CalibrationMethod, METHODS[options.method]),
+                nodes_to_quantize=list(options.quantize_only) or None,
+                nodes_to_exclude=[*bias_adds, *options.keep_float],
+                **cache_arg,
+                extra_options={
+                    "ActivationSymmetric": options.symmetric_activations,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": False,
+                    "QDQKeepRemovableActivations": False,
+                    "OpTypesToExcludeOutputQuantization": keep_float_types,
+                },
+            )
         model = onnx.load(str(qdq))
+    while reader.get_next() is not None:  # a cached calibration read no images: count them for the record
+        pass
     float_output_check(model)
     dedicate_qdq_pairs(model)
     props = {p.key: p.value for p in source.metadata_props}
     props.update({"precision": "int8", "source": onnx_path.name,
-                  "quantization": json.dumps({**QUANT_SETTINGS, "calibration_images": reader.images})})
+                  "quantization": json.dumps(options.record(reader.images))})
     set_metadata(model, props)
     try:
         onnx.checker.check_model(model)

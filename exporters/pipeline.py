@@ -14,13 +14,13 @@ from typing import Any
 import torch
 
 from exporters.commit import staging
-from exporters.inputs import ExportData, build_export_data
+from exporters.inputs import Corrupt, ExportData, build_export_data
 from exporters.stage_engine import export_engine_stage
 from exporters.stage_onnx import export_onnx_stage
 from richkd_deploy.deps import TRT_MISSING, available
-from richkd_deploy.errors import MissingDependencyError
+from richkd_deploy.errors import MissingDependencyError, RecipeError
 from richkd_deploy.manifest import Manifest, check_can_export
-from richkd_deploy.recipe import ExportConfig
+from richkd_deploy.recipe import ExportConfig, GatesConfig
 from richkd_deploy.runs import RunDir, run_lock
 from richkd_deploy.student import Student, load_student
 
@@ -29,13 +29,16 @@ Log = Callable[[str], None]
 
 def export_student(student: Student, data: ExportData, export_dir: Path, cfg: ExportConfig, *,
                    trt: bool = False, force: bool = False, device: str = "cpu", quiet: bool = False,
-                   log: Log = print) -> Manifest:
+                   log: Log = print, gates: GatesConfig | None = None) -> Manifest:
     """Export `student` into `export_dir` as the recipe's `export` section says; the core
     of `export_run`, free of run-folder handling so tests drive it with tiny models and arrays."""
     export_dir = Path(export_dir)
     check_can_export(export_dir, force)
+    if trt and "int8" in cfg.precisions and not cfg.int8.symmetric_activations:
+        raise RecipeError("export.int8.symmetric_activations: false gives non-zero zero points, which TensorRT "
+                          "rejects; set it to true for --trt, or export without --trt")
     with staging(export_dir) as folder:
-        manifest = export_onnx_stage(student, data, export_dir, folder, cfg, device, quiet, log)
+        manifest = export_onnx_stage(student, data, export_dir, folder, cfg, device, quiet, log, gates=gates)
         if trt:
             if not available("tensorrt"):
                 raise MissingDependencyError(TRT_MISSING)
@@ -44,8 +47,11 @@ def export_student(student: Student, data: ExportData, export_dir: Path, cfg: Ex
 
 
 def export_run(run_dir: Path, trt: bool = False, force: bool = False, device: str = "cpu", quiet: bool = False,
-               log: Log = print) -> dict[str, Any]:
+               log: Log = print, corrupt: Corrupt | None = None) -> dict[str, Any]:
     """The `richkd-deploy export [RUN] [--trt] [--force]` command. Returns the manifest.
+
+    `corrupt` is validate's corruption function, for `export.int8.calibration_corruptions`:
+    the CLI passes it in because exporters/ does not import evaluate/.
 
     Raises ArtifactError (existing export without --force, parity failure),
     CheckpointError, DataError, RunError (run locked), MissingDependencyError (--trt
@@ -58,10 +64,10 @@ def export_run(run_dir: Path, trt: bool = False, force: bool = False, device: st
         recipe = student.recipe()
         log(f"[export] run {run.root}: {student.meta['arch']} on {recipe.data.dataset}, "
             f"precisions {', '.join(recipe.export.precisions)}{', TensorRT engines' if trt else ''}")
-        data = build_export_data(recipe, student.meta)
+        data = build_export_data(recipe, student.meta, corrupt)
         if device != "cpu":
             torch.backends.cuda.matmul.allow_tf32 = False  # parity reference in true FP32
             torch.backends.cudnn.allow_tf32 = False
             student.view.to(device)
         return export_student(student, data, run.export_dir, recipe.export, trt=trt, force=force, device=device,
-                              quiet=quiet, log=log)
+                              quiet=quiet, log=log, gates=recipe.validate.gates)

@@ -21,33 +21,68 @@ from exporters.commit import commit
 from exporters.fp16 import convert_fp16
 from exporters.golden import export_golden
 from exporters.inputs import ExportData, array_batches, progress
-from exporters.int8 import QUANT_SETTINGS, quantize_int8
+from exporters.int8_coverage import activation_coverage
+from exporters.int8_tune import Holdout, tune_int8
 from exporters.metadata import build_metadata
 from exporters.onnx_fp32 import INPUT_NAME, OUTPUT_NAME, export_onnx
 from exporters.parity import ParityResult, check_parity
 from richkd_deploy.manifest import Manifest, artifact_entry, build_manifest
-from richkd_deploy.recipe import ExportConfig
+from richkd_deploy.recipe import ExportConfig, GatesConfig
 from richkd_deploy.runtime import TorchRuntime, agreement, create_runtime, predict_all, top1
 from richkd_deploy.student import Student
 
 Log = Callable[[str], None]
 
 
+def holdout_for(data: ExportData, fp32: Path, gates: GatesConfig) -> Holdout | None:
+    """The holdout images with their FP32 logits and the INT8 gates, or None without a holdout."""
+    if data.holdout_x is None or data.holdout_y is None or len(data.holdout_y) == 0:
+        return None
+    with create_runtime(fp32, "cpu", manifest=False) as rt:
+        ref = predict_all(rt, data.holdout_x, data.batch_size, finite=False)
+    return Holdout(data.holdout_x, data.holdout_y, ref, gates.max_top1_drop, gates.min_agreement)
+
+
+def coverage_summary(int8: Path, data: ExportData, log: Log) -> dict[str, Any]:
+    """Share of holdout activations (clean and each calibration corruption) outside the
+    calibrated ranges, overall and per quantized tensor."""
+    sets = {"clean": data.holdout_x, **data.holdout_corrupted}
+    cov = activation_coverage(int8, sets)
+    log("[export] int8 calibration coverage (activations outside the calibrated ranges, holdout): "
+        + ", ".join(f"{s} {cov[s]:.2e}" for s in sets))
+    return {"images": "holdout", **cov}
+
+
 def write_onnx_artifacts(student: Student, data: ExportData, staging: Path, cfg: ExportConfig,
-                         log: Log) -> dict[str, Path]:
-    """model.onnx, then the reduced-precision graphs derived from it; {precision: path}."""
+                         log: Log, gates: GatesConfig | None = None,
+                         records: dict[str, Any] | None = None) -> dict[str, Path]:
+    """model.onnx, then the reduced-precision graphs derived from it; {precision: path}.
+    `records` receives what the INT8 tuning recorded (for the manifest entry)."""
     fp32 = F.get_format("onnx")
     meta = build_metadata(student.payload, cfg.opset, INPUT_NAME, OUTPUT_NAME)
     log(f"[export] {fp32.file}: exporting {student.payload.get('arch', type(student.view).__name__)} "
         f"(opset {cfg.opset}, input {list(student.input_shape)}, dynamic batch)")
     export_onnx(student.view, staging / fp32.file, student.input_shape, cfg.opset, meta)
     paths = {"fp32": staging / fp32.file}
-    n_cal = min(cfg.calibration_images, len(data.calibration_x))
+    q = cfg.int8
+    n_cal = min(q.images(cfg.calibration_images), len(data.calibration_x))
     for fmt in F.onnx_formats(cfg.precisions):
         if fmt.precision == "int8":
-            log(f"[export] {fmt.file}: Q/DQ int8 (symmetric, per-channel), calibrating on {n_cal} training images")
-            quantize_int8(paths["fp32"], array_batches(data.calibration_x, 64, cfg.calibration_images),
-                          staging / fmt.file)
+            log(f"[export] {fmt.file}: Q/DQ int8 ({'symmetric' if q.symmetric_activations else 'asymmetric'} "
+                f"activations, {'per-channel' if q.per_channel else 'per-tensor'} weights), "
+                f"{'method search' if q.search else q.method} on {n_cal} training images")
+            holdout = holdout_for(data, paths["fp32"], gates or GatesConfig())
+            calibration = np.concatenate([data.calibration_x[:n_cal],
+                                          *(x[:n_cal] for x in data.calibration_corrupted.values())])
+            if data.calibration_corrupted:
+                log(f"[export] {fmt.file}: calibration set = clean + {', '.join(data.calibration_corrupted)} "
+                    f"({len(calibration)} images)")
+            record = tune_int8(paths["fp32"], calibration, staging / fmt.file, q, holdout, log)
+            record["calibration_mix"] = ["clean", *data.calibration_corrupted]
+            if holdout is not None:
+                record["coverage"] = coverage_summary(staging / fmt.file, data, log)
+            if records is not None:
+                records["int8"] = record
             paths["int8"] = staging / fmt.file
         elif fmt.precision == "fp16":
             log(f"[export] {fmt.file}: FP16 weights and activations, FP32 inputs/outputs")
@@ -113,10 +148,12 @@ def tool_device(device: str) -> dict[str, Any]:
 
 
 def export_onnx_stage(student: Student, data: ExportData, export_dir: Path, staging: Path, cfg: ExportConfig,
-                      device: str, quiet: bool, log: Log, recipe_hash: str | None = None) -> Manifest:
+                      device: str, quiet: bool, log: Log, recipe_hash: str | None = None,
+                      gates: GatesConfig | None = None) -> Manifest:
     """Write, check and commit the ONNX artifacts and the manifest."""
     reference = TorchRuntime(student.view, device)
-    paths = write_onnx_artifacts(student, data, staging, cfg, log)
+    records: dict[str, Any] = {}
+    paths = write_onnx_artifacts(student, data, staging, cfg, log, gates, records)
     parity32 = parity_fp32(reference, data, paths["fp32"], cfg, log)
     student_logits = predict_all(reference, data.test_x, data.batch_size, finite=False)
     logits, skipped = evaluate_artifacts(paths, data, quiet, log)
@@ -133,8 +170,9 @@ def export_onnx_stage(student: Student, data: ExportData, export_dir: Path, stag
         else:
             parity = reduced_parity(precision, fmt.file, logits["fp32"], logits[precision], data, log)
         if precision == "int8":
-            extra["quantization"] = {**QUANT_SETTINGS, "calibration_split": "train",
-                                     "calibration_images": min(cfg.calibration_images, len(data.calibration_x))}
+            record = dict(records.get("int8", {}))
+            extra["quantization"] = {**record.pop("options", {}), "calibration_split": "train"}
+            extra["int8_tuning"] = record
         entries.append(artifact_entry(staging, fmt.file, fmt.kind, precision,
                                       source=F.get_format(fmt.source).file if fmt.source else None,
                                       parity=parity, accuracy=accuracy, extra=extra))

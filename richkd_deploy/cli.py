@@ -137,6 +137,7 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
            data_root: str | None, input_size: int | None, overrides: tuple[str, ...]) -> None:
     """Export a finished run to ONNX (fp32, fp16, int8 Q/DQ) and, with --trt, TensorRT."""
     from exporters.pipeline import export_run
+    from richkd_deploy.evaluate.corruptions import corrupt  # for export.int8.calibration_corruptions
 
     if weights is not None or arch is not None or data_root is not None:
         if not (weights and arch and data_root and run):
@@ -146,7 +147,8 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
         adopt_checkpoint(weights, arch, data_root, run, input_size=input_size, force=force, overrides=overrides,
                          log=(lambda m: None) if quiet else click.echo)
     root = _resolve_run(run)
-    export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo)
+    export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo,
+               corrupt=corrupt)
     click.echo(f"done: {root / 'export' / 'manifest.json'}")
 
 
@@ -159,6 +161,8 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
 @click.option("--runtime", "runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
               show_default=True, help="what runs the ONNX artifacts (openvino: pip install 'richkd-deploy[openvino]')")
 @click.option("--json", "as_json", is_flag=True, help="also print the results document to stdout")
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="processes on this machine, each running a share of the images (launches torchrun)")
 @click.option("--quiet", is_flag=True)
 @click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
               help="validate this ONNX classifier trained elsewhere (no RUN; needs --data)")
@@ -179,10 +183,10 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
 @click.option("--out", type=click.Path(file_okay=False), help="with --onnx: results folder (default MODEL.eval/)")
 @_overrides_option
 def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provider: str, runtime: str,
-             as_json: bool, quiet: bool, onnx_file: str | None, data_root: str | None, reference: str | None,
-             preprocess_file: str | None, input_size: int | None, mean: str | None, std: str | None,
-             pixel_scale: float | None, crop_ratio: str | None, channel_order: str | None, recipe_file: str | None,
-             limit: int | None, out: str | None, overrides: tuple[str, ...]) -> None:
+             as_json: bool, nproc: int, quiet: bool, onnx_file: str | None, data_root: str | None,
+             reference: str | None, preprocess_file: str | None, input_size: int | None, mean: str | None,
+             std: str | None, pixel_scale: float | None, crop_ratio: str | None, channel_order: str | None,
+             recipe_file: str | None, limit: int | None, out: str | None, overrides: tuple[str, ...]) -> None:
     """Check accuracy, calibration and corruption robustness of the exported artifacts
     against the recipe's gates. Exit 0 if every gate holds, 1 if one fails.
 
@@ -191,9 +195,10 @@ def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provi
     if onnx_file is not None or data_root is not None:
         if not (onnx_file and data_root) or run:
             raise RichKDError("validate --onnx MODEL needs --data DIR and no RUN folder")
-        if provider not in ("cpu", "cuda", "tensorrt") or runtime != "onnxruntime" or artifacts or calibrate:
-            raise RichKDError("validate --onnx runs onnxruntime (--provider cpu/cuda/tensorrt); "
-                              "--artifact, --calibrate and --runtime apply to run folders")
+        if provider not in ("cpu", "cuda", "tensorrt") or runtime != "onnxruntime" or artifacts or calibrate \
+                or nproc > 1:
+            raise RichKDError("validate --onnx runs onnxruntime (--provider cpu/cuda/tensorrt) in one process; "
+                              "--artifact, --calibrate, --runtime and --nproc apply to run folders")
         from richkd_deploy.evaluate.external import load_preprocess_file, validate_onnx
 
         pre = load_preprocess_file(preprocess_file) if preprocess_file else {}
@@ -218,14 +223,28 @@ def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provi
     if overrides:
         raise RichKDError("validate -o applies with --onnx; a run's recipe is the one it was trained with")
     from exporters.calibrated import export_calibrated
+    from richkd_deploy.evaluate import distributed
     from richkd_deploy.evaluate.harness import validate_run
+    from richkd_deploy.train.dist import DistContext
 
     root = _resolve_run(run)
-    results = validate_run(root, artifacts=artifacts, calibrate=calibrate, provider=provider, quiet=quiet,
-                           log=log, write_calibrated=export_calibrated, runtime=None if runtime == "onnxruntime" else runtime)
-    if as_json:
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        argv = [str(root), *sum((["--artifact", a] for a in artifacts), []), "--provider", provider,
+                "--runtime", runtime] + (["--calibrate"] if calibrate else []) + \
+               (["--json"] if as_json else []) + (["--quiet"] if quiet else [])
+        raise SystemExit(distributed.launch(nproc, argv))
+    dist = DistContext.from_env(distributed.device_type_for(provider))
+    try:
+        results = validate_run(root, artifacts=artifacts, calibrate=calibrate, provider=provider, quiet=quiet,
+                               log=(lambda m: None) if (quiet or as_json) else click.echo,
+                               write_calibrated=export_calibrated,
+                               runtime=None if runtime == "onnxruntime" else runtime, dist=dist)
+    finally:
+        dist.close()
+    code = distributed.rank_exit_code(results["exit_code"], dist)
+    if as_json and dist.is_main:
         click.echo(json.dumps(results, indent=2))
-    raise SystemExit(results["exit_code"])
+    raise SystemExit(code)
 
 
 @cli.command()

@@ -13,7 +13,8 @@ on stderr and sleeps until it is killed. The points are:
 - `write:<path>`        inside every atomic write, after the data went to the
                         temporary file and before the rename (a checkpoint, an
                         artifact or a manifest half-way through its commit)
-- `clip-cache:batch`    after each batch of the CLIP target cache build
+- `clip-cache:batch`    after each batch of the CLIP target cache build (and of each shard)
+- `validate:rank<r>`    before rank r of a distributed validate shares its logits
 
 Unset (always, outside the tests) `pause` is one dictionary lookup.
 """

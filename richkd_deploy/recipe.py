@@ -112,6 +112,7 @@ class DistillConfig:
     nce_k: int = 16384
     nce_t: float = 0.07
     nce_momentum: float = 0.5
+    crd_negatives: Literal["other_class", "uniform"] = "other_class"  # as published; uniform: any image
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,33 @@ class TrtConfig:
 
 
 @dataclass(frozen=True)
+class Int8Config:
+    """`export.int8`: how model.int8.onnx is calibrated and, when it fails the INT8 gates
+    (validate.gates max_top1_drop / min_agreement) on the holdout split, repaired."""
+
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # onnxruntime's calibrators
+    per_channel: bool = True
+    symmetric_activations: bool = True  # false: faster on onnxruntime CPU, but TensorRT rejects it
+    calibration_images: int | None = None  # null: export.calibration_images
+    search: bool = False  # try every method on the holdout, keep the fastest that passes
+    fallback: bool = True  # keep the most sensitive layers in float until the gates hold
+    max_float_layers: int = 4
+    sensitivity: bool = False  # always record the per-layer sensitivity table (else only on a failure)
+    # corrupted copies of the calibration images added to the calibration set, "name:severity"
+    # (validate's corruption names, e.g. "gaussian_noise:3"), so the ranges cover what validate feeds
+    calibration_corruptions: tuple[str, ...] = ()
+
+    def images(self, export_default: int) -> int:
+        """The calibration set size: this section's, else the older `export.calibration_images`."""
+        return self.calibration_images if self.calibration_images is not None else export_default
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     opset: int = 17
     precisions: tuple[Literal["fp32", "fp16", "int8"], ...] = ("fp32", "fp16", "int8")
-    calibration_images: int = 512
+    calibration_images: int = 512  # export.int8.calibration_images, when set, takes precedence
+    int8: Int8Config = field(default_factory=Int8Config)
     parity_atol: float = 1e-4
     parity_min_agreement: float = 1.0
     parity_images: int = 256
@@ -260,6 +284,11 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "export.opset": (lambda v: 13 <= v <= 23, "an ONNX opset from 13 to 23"),
     "export.precisions": (lambda v: len(v) >= 1 and "fp32" in v, "a list that includes fp32 (the others derive from it)"),
     "export.calibration_images": (lambda v: 1 <= v <= 100000, "1..100000"),
+    "export.int8.calibration_images": (lambda v: v is None or 1 <= v <= 100000, "null or 1..100000"),
+    "export.int8.calibration_corruptions": (
+        lambda v: all(e.count(":") == 1 and e.split(":")[0] and e.split(":")[1] in ("1", "2", "3", "4", "5") for e in v),
+        "a list of 'name:severity' strings, severity 1..5 (e.g. 'gaussian_noise:3')"),
+    "export.int8.max_float_layers": (lambda v: 0 <= v <= 1000, "0..1000"),
     "export.parity_atol": (lambda v: 0 < v <= 10, "a number in (0, 10]"),
     "export.parity_min_agreement": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     "export.parity_images": (lambda v: 1 <= v <= 100000, "1..100000"),
@@ -435,17 +464,20 @@ def _cross_checks(recipe: Recipe, check_files: bool = True) -> None:
     if recipe.teacher.checkpoint and recipe.teacher.init:
         raise RecipeError("teacher: set either checkpoint (a finished teacher) or init (weights to fine-tune it "
                           "from), not both")
+    q = recipe.export.int8
+    if q.search and recipe.data.holdout_fraction <= 0:
+        raise RecipeError("export.int8.search: the method search is judged on the holdout split (never the test "
+                          "set); set data.holdout_fraction > 0 (e.g. 0.1) or search: false")
     if not check_files:
         return
     if recipe.data.root is not None and not Path(recipe.data.root).exists() and recipe.data.dataset != "cifar10" \
             and recipe.data.dataset != "cifar100":
         raise RecipeError(f"data.root: {recipe.data.root} does not exist")
-    from richkd_deploy.models.pretrained import check_spec
-
-    for key, arch, spec in (("teacher.checkpoint", recipe.teacher.arch, recipe.teacher.checkpoint),
-                            ("teacher.init", recipe.teacher.arch, recipe.teacher.init),
-                            ("student.init", recipe.student.arch, recipe.student.init)):
-        check_spec(arch, spec, key)
+    for key, spec in (("teacher.checkpoint", recipe.teacher.checkpoint), ("teacher.init", recipe.teacher.init),
+                      ("student.init", recipe.student.init)):
+        if spec and not spec.lower().startswith(("http://", "https://")) and Path(spec).is_absolute() \
+                and not Path(spec).is_file():  # file specs are absolute by now; tags and URLs are checked later
+            raise RecipeError(f"{key}: {spec} is not a file; give a weights file, an http(s) URL or a library tag")
 
 
 def _weights_path(spec: str, base: Path) -> bool:
@@ -509,9 +541,11 @@ def from_dict(data: dict[str, Any], base_dir: Path | str = ".", source: str | No
     return recipe
 
 
-def load(path: str | Path, overrides: typing.Sequence[str] = (), base_dir: str | Path | None = None) -> Recipe:
+def load(path: str | Path, overrides: typing.Sequence[str] = (), base_dir: str | Path | None = None,
+         check_files: bool = True) -> Recipe:
     """Load a recipe file, apply `-o key=value` overrides, and validate everything.
-    Relative paths resolve against `base_dir`, by default the file's folder."""
+    Relative paths resolve against `base_dir`, by default the file's folder;
+    `check_files=False` skips the checks that named files and folders exist."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe {p}: file not found")
@@ -529,4 +563,4 @@ def load(path: str | Path, overrides: typing.Sequence[str] = (), base_dir: str |
     except OSError as exc:
         raise RecipeError(f"recipe {p}: cannot read it ({exc.strerror})") from None
     return from_dict(data, base_dir=p.resolve().parent if base_dir is None else base_dir, source=str(p.resolve()),
-                     overrides=overrides)
+                     overrides=overrides, check_files=check_files)

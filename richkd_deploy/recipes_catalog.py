@@ -108,7 +108,7 @@ def load(spec: str | Path, overrides: typing.Sequence[str] = ()) -> recipe_mod.R
     path = resolve(spec)
     if not is_packaged(path):
         return recipe_mod.load(path, overrides)
-    shipped = recipe_mod.load(path, base_dir=data_dir())
+    shipped = recipe_mod.load(path, base_dir=data_dir(), check_files=not overrides)
     if not overrides:
         return shipped
     # Its paths are absolute now; only the overrides' relative paths meet the current folder.

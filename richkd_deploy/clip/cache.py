@@ -123,7 +123,7 @@ class CachedClipTargets(ClipTargetSource):
         reason = validate_clip_cache(clip_dir, fingerprint)
         if reason is not None:
             raise ClipCacheError(f"CLIP target cache in {clip_dir} is not usable ({reason}); "
-                                 "run training again on one process (rank 0 rebuilds it) or delete the folder")
+                                 "run training again (it rebuilds it) or delete the folder")
         meta = json.loads((clip_dir / META_FILE).read_text())
         return cls(np.load(clip_dir / LOGITS_FILE, mmap_mode="r"), np.load(clip_dir / FEATURES_FILE, mmap_mode="r"),
                    is_random=str(meta["fingerprint"]["weights_id"]).startswith("random"),
@@ -233,18 +233,23 @@ def build_clip_cache(loaded: LoadedClip, head: ZeroShotHead, train_ds: Any, clip
         for tmp in (tmp_logits, tmp_feats):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-    elapsed = time.perf_counter() - t0
+    write_cache_meta(clip_dir, fingerprint, n, d, correct, time.perf_counter() - t0, say)
+    return True
+
+
+def write_cache_meta(clip_dir: Path, fingerprint: dict[str, Any], n: int, feature_dim: int, correct: int,
+                     elapsed: float, say: Log, extra: dict[str, Any] | None = None) -> None:
+    """The metadata file, written last once both arrays are in place (also by `shards.py`)."""
     sizes = {name: (clip_dir / name).stat().st_size for name in (LOGITS_FILE, FEATURES_FILE)}
     sha256 = {name: sha256_file(clip_dir / name) for name in (LOGITS_FILE, FEATURES_FILE)}
     train_acc = correct / max(n, 1)
     atomic_write_json(clip_dir / META_FILE, {
-        "fingerprint": fingerprint, "feature_dim": d, "sizes": sizes, "sha256": sha256,
+        "fingerprint": fingerprint, "feature_dim": feature_dim, "sizes": sizes, "sha256": sha256,
         "features": "CLIP encode_image output (after projection, before L2 normalisation), float16",
-        "train_zero_shot_top1": train_acc, "build_seconds": round(elapsed, 2),
+        "train_zero_shot_top1": train_acc, "build_seconds": round(elapsed, 2), **(extra or {}),
     })
     say(f"CLIP target cache built: {n} images in {elapsed:.1f}s ({n / max(elapsed, 1e-9):.1f} img/s), "
         f"zero-shot top-1 on the training set {100 * train_acc:.2f}%")
-    return True
 
 
 def wait_for_clip_cache(clip_dir: Path, fingerprint: dict[str, Any], timeout_s: float = 6 * 3600,

@@ -23,6 +23,7 @@ from richkd_deploy.clip.prompts import (
     load_or_build_text_embeddings,
     resolve_logit_scale,
 )
+from richkd_deploy.clip.shards import build_clip_cache_distributed
 from richkd_deploy.clip.source import ClipTargetSource
 from richkd_deploy.clip.zero_shot import evaluate_zero_shot
 from richkd_deploy.errors import DataError
@@ -39,7 +40,8 @@ def prepare_clip_targets(recipe: Any, run_dir: RunDir, train_ds: Any, test_ds: A
                          device: torch.device | str, log: Log, mean: Sequence[float], std: Sequence[float],
                          build_cache: bool = True, *, quiet: bool = False, zero_shot: bool | None = None,
                          zero_shot_limit: int | None | str = "auto", num_workers: int | None = None,
-                         wait_timeout_s: float = 6 * 3600) -> ClipTargetSource:
+                         wait_timeout_s: float = 6 * 3600, rank: int = 0,
+                         world_size: int = 1) -> ClipTargetSource:
     """Load CLIP, build (or reuse) the prompt head, report zero-shot accuracy, and return the
     recipe's target source (`clip.targets`: cached or online).
 
@@ -48,6 +50,9 @@ def prepare_clip_targets(recipe: Any, run_dir: RunDir, train_ds: Any, test_ds: A
     "auto" = the whole test set on CUDA, at most 1,000 evenly spaced images on CPU;
     None = all; a number = at most that many. `zero_shot` (default: `build_cache`, so
     only the building rank spends time on it) turns the check on or off.
+    `rank`/`world_size` > 1 (DDP): every rank builds its shards of the cache and rank 0
+    assembles it (`clip.shards`); `build_cache` then only says who writes the text
+    embeddings and runs the zero-shot check.
     """
     device = torch.device(device)
     cfg = recipe.clip
@@ -80,6 +85,14 @@ def prepare_clip_targets(recipe: Any, run_dir: RunDir, train_ds: Any, test_ds: A
 
     fp = cache_fingerprint(loaded, cfg.templates, cfg.class_name_format, scale,
                            _dataset_name(recipe, train_ds), train_ds)
+    if world_size > 1:
+        built = build_clip_cache_distributed(loaded, head, train_ds, run_dir.clip_dir, fp, rank, world_size, device,
+                                             cfg.batch_size, workers, log, quiet, timeout_s=wait_timeout_s)
+        if rank != 0:
+            return wait_for_clip_cache(run_dir.clip_dir, fp, timeout_s=wait_timeout_s, log=log)
+        source = CachedClipTargets.open(run_dir.clip_dir, fp)
+        source.built_now = built
+        return source
     if build_cache:
         built = build_clip_cache(loaded, head, train_ds, run_dir.clip_dir, fp, device, cfg.batch_size,
                                  workers, log, quiet)

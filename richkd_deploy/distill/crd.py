@@ -3,11 +3,23 @@
 Same mathematics as the reference implementation (RepDistiller `crd/memory.py`,
 `crd/criterion.py`): two memory banks with one unit vector per training image
 (`memory_v1` holds student embeddings, `memory_v2` target embeddings), K
-negatives drawn uniformly per sample with the positive at the sample's own index,
-scores `exp(<v, m> / T) / Z` with Z estimated once on the first batch, the NCE
+negatives per sample with the positive at the sample's own index, scores
+`exp(<v, m> / T) / Z` with Z estimated once on the first batch, the NCE
 loss of the reference, and a momentum update of the positives' slots with
 renormalisation. What differs, and why:
 
+- Negatives. `negatives="other_class"` (the recipe's default, `distill.crd_negatives`)
+  draws them from the training images whose label differs from the anchor's, as
+  RepDistiller's and mdistiller's `CIFAR100InstanceSample` (reused by the RichKD
+  authors) do with per-class index lists: never a same-class image, never the positive.
+  Theirs is a numpy draw per image in the data loader, without replacement when K fits
+  in the other classes; ours is one vectorised draw per batch on the bank's device,
+  with replacement, as NCE's i.i.d. noise samples (at CIFAR-100 sizes, K 16,384 from
+  49,500 other-class images, about 15% of the draws repeat one; without replacement
+  would cost a sort over all N slots per anchor and step). `negatives="uniform"` draws
+  from all N slots (RepDistiller's `AliasMethod` with uniform weights), same-class
+  images and the positive included: with 10 classes, or K close to N, a different
+  estimator.
 - No hard-coded `.cuda()`: buffers live where the module lives; negatives come
   from a `torch.Generator` on that device.
 - Scoring. When the bank is small next to the samples drawn (CIFAR: 50,000 slots
@@ -38,6 +50,7 @@ from torch import Tensor, nn
 
 Gather = Callable[[Tensor], Tensor]
 _EPS = 1e-7
+NEGATIVE_MODES = ("other_class", "uniform")
 
 
 class Embed(nn.Module):
@@ -62,10 +75,16 @@ class ContrastMemory(nn.Module):
     """Two memory banks, negative sampling, NCE scores and the momentum update."""
 
     def __init__(self, feat_dim: int, n_data: int, nce_k: int, nce_t: float = 0.07, momentum: float = 0.5,
-                 device: torch.device | str | None = None, seed: int = 0, mode: str = "auto") -> None:
+                 device: torch.device | str | None = None, seed: int = 0, mode: str = "auto",
+                 labels: Tensor | Any | None = None, negatives: str = "uniform") -> None:
+        """`labels`: the class of every training image (slot), needed by
+        `negatives="other_class"`; `negatives="uniform"` ignores them."""
         super().__init__()
         if mode not in ("auto", "dense", "gather"):
             raise ValueError(f"mode must be auto, dense or gather, got {mode!r}")
+        if negatives not in NEGATIVE_MODES:
+            raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_MODES)}, got {negatives!r}")
+        self.negatives = negatives
         self.feat_dim, self.n_data, self.nce_k = int(feat_dim), int(n_data), int(nce_k)
         self.nce_t, self.momentum, self.mode = float(nce_t), float(momentum), mode
         self.seed = int(seed)
@@ -77,6 +96,8 @@ class ContrastMemory(nn.Module):
             bank = torch.rand(n_data, feat_dim, generator=g).mul_(2 * stdv).add_(-stdv)
             self.register_buffer(name, bank.to(device) if device is not None else bank)
         self.register_buffer("z", torch.full((2,), -1.0, device=device))
+        if negatives == "other_class":
+            self._register_class_index(labels, device)
         # Created now, not on first use: the trainer reseeds (each epoch) and restores (resume)
         # the generators it finds on the module, and would miss one that does not exist yet.
         # On the device the bank really lives on ("cuda" -> "cuda:0"), so `_generator` keeps it.
@@ -86,17 +107,49 @@ class ContrastMemory(nn.Module):
 
     # -- sampling ----------------------------------------------------------------------
 
+    def _register_class_index(self, labels: Tensor | Any | None, device: torch.device | str | None) -> None:
+        """The per-class index lists of RepDistiller, as one sorted array: slots ordered by
+        class (`_by_class`), each class's first position (`_class_start`) and size
+        (`_class_count`), and each slot's class (`_slot_class`). Non-persistent buffers:
+        they follow `.to()` but are rebuilt from the dataset, not saved in checkpoints."""
+        if labels is None:
+            raise ValueError("negatives='other_class' needs the label of every training image (labels=...)")
+        y = torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
+        if y.numel() != self.n_data:
+            raise ValueError(f"labels: {y.numel()} labels for {self.n_data} memory slots")
+        if y.numel() and int(y.min()) < 0:
+            raise ValueError("labels must be non-negative class indices")
+        counts = torch.bincount(y)
+        if int((counts > 0).sum()) < 2:
+            raise ValueError("negatives='other_class' needs at least two classes in the training set")
+        starts = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(y, stable=True)
+        for name, value in (("_by_class", order), ("_class_start", starts), ("_class_count", counts),
+                            ("_slot_class", y)):
+            self.register_buffer(name, value.to(device) if device is not None else value, persistent=False)
+
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._gen.device != device:  # the module moved: same seed (as last reseeded), new device
             self._gen = torch.Generator(device=device).manual_seed(self._gen.initial_seed())
         return self._gen
 
     def sample(self, y: Tensor) -> Tensor:
-        """`[B, K+1]` slot indices: column 0 the positive (`y`), then K uniform negatives."""
-        idx = torch.randint(0, self.n_data, (y.shape[0], self.nce_k + 1), device=y.device,
-                            generator=self._generator(y.device))
-        idx[:, 0] = y
-        return idx
+        """`[B, K+1]` slot indices: column 0 the positive (`y`), then K negatives, from the
+        other classes than slot `y`'s (`other_class`) or from every slot (`uniform`)."""
+        gen = self._generator(y.device)
+        if self.negatives == "uniform":
+            idx = torch.randint(0, self.n_data, (y.shape[0], self.nce_k + 1), device=y.device, generator=gen)
+            idx[:, 0] = y
+            return idx
+        # Number the other classes' slots 0..pool-1 in class order: below the anchor class's
+        # first position they are positions r, above it r + count. A uniform r in [0, pool)
+        # is then a uniform draw from the other classes (62-bit draw mod pool: bias < 2^-40).
+        cls = self._slot_class[y]
+        start, count = self._class_start[cls].unsqueeze(1), self._class_count[cls].unsqueeze(1)
+        pool = self.n_data - count
+        r = torch.randint(0, 2 ** 62, (y.shape[0], self.nce_k), device=y.device, generator=gen) % pool
+        pos = torch.where(r >= start, r + count, r)
+        return torch.cat([y.view(-1, 1), self._by_class[pos]], dim=1)
 
     # -- scoring -----------------------------------------------------------------------
 
@@ -186,7 +239,7 @@ class ContrastMemory(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"feat_dim={self.feat_dim}, n_data={self.n_data}, nce_k={self.nce_k}, nce_t={self.nce_t}, "
-                f"momentum={self.momentum}, mode={self.mode}")
+                f"momentum={self.momentum}, mode={self.mode}, negatives={self.negatives}")
 
 
 class ContrastLoss(nn.Module):
@@ -225,9 +278,11 @@ class CRDCriterion(nn.Module):
     """Memory bank + the two NCE losses (student side and target side), summed as in CRD."""
 
     def __init__(self, feat_dim: int, n_data: int, nce_k: int, nce_t: float, momentum: float,
-                 device: torch.device | str | None = None, seed: int = 0) -> None:
+                 device: torch.device | str | None = None, seed: int = 0, labels: Tensor | Any | None = None,
+                 negatives: str = "uniform") -> None:
         super().__init__()
-        self.memory = ContrastMemory(feat_dim, n_data, nce_k, nce_t, momentum, device=device, seed=seed)
+        self.memory = ContrastMemory(feat_dim, n_data, nce_k, nce_t, momentum, device=device, seed=seed,
+                                     labels=labels, negatives=negatives)
         self.n_data = int(n_data)
 
     def forward(self, student_emb: Tensor, target_emb: Tensor, indices: Tensor,

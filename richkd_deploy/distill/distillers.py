@@ -22,6 +22,9 @@ mode even when the distiller is in train mode.
 | richkd_lf | ce, kd, crd | as richkd_l                   | as richkd_f                                     |
 
 Weights: ce = w_ce, kd = w_logit, crd = w_feat (the recipe's distill section).
+CRD's negatives come from other classes than the anchor's (`distill.crd_negatives:
+other_class`, as published; the distiller then needs `train_labels`) or from every
+training image (`uniform`).
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class Distiller(nn.Module):
 
     def __init__(self, cfg: Any, student: nn.Module, teacher: nn.Module | None = None,
                  clip_targets: Any | None = None, num_train: int = 0,
-                 device: torch.device | str = "cpu", gather: Gather | None = None, seed: int = 0) -> None:
+                 device: torch.device | str = "cpu", gather: Gather | None = None, seed: int = 0,
+                 train_labels: Any | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.device_ = torch.device(device)
@@ -111,13 +115,25 @@ class Distiller(nn.Module):
         if self.do_crd:
             if num_train < 1:
                 raise RecipeError(f"distill.method {self.method}: CRD needs the training set size (num_train)")
+            negatives = getattr(cfg, "crd_negatives", "other_class")
+            if negatives == "other_class":
+                if train_labels is None:
+                    raise RecipeError(f"distill.method {self.method}: CRD's other-class negatives need the training "
+                                      "labels (train_labels); or set distill.crd_negatives: uniform")
+                if len(train_labels) != num_train:
+                    raise RecipeError(f"distill.method {self.method}: {len(train_labels)} training labels for "
+                                      f"{num_train} training images")
+                if torch.as_tensor(train_labels).unique().numel() < 2:
+                    raise RecipeError("distill.crd_negatives: other_class needs at least two classes in the "
+                                      "training set; use uniform")
             dim = cfg.feat_dim
             self.embed_s = Embed(_num_features(student, "student"), dim).to(self.device_)
             self.embed_t = Embed(_num_features(teacher, "teacher"), dim).to(self.device_)  # type: ignore[arg-type]
             if self.feat_target == "fused":
                 self.embed_c = Embed(int(clip_targets.feature_dim), dim).to(self.device_)  # type: ignore[union-attr]
             self.crd = CRDCriterion(dim, num_train, cfg.nce_k, cfg.nce_t, cfg.nce_momentum,
-                                    device=self.device_, seed=seed)
+                                    device=self.device_, seed=seed, negatives=negatives,
+                                    labels=train_labels if negatives == "other_class" else None)
 
     # -- frozen parts -----------------------------------------------------------------------
 
@@ -245,13 +261,14 @@ class RichKDLF(Distiller):
 
 def create_distiller(method: str, cfg: Any, student: nn.Module, teacher: nn.Module | None = None,
                      clip_targets: Any | None = None, num_train: int = 0, device: torch.device | str = "cpu",
-                     gather: Gather | None = None, seed: int = 0) -> Distiller:
+                     gather: Gather | None = None, seed: int = 0, train_labels: Any | None = None) -> Distiller:
     """Build the distiller for `method` (a `distill.method` value) from a `DistillConfig`.
 
     `gather` (DDP): a callable concatenating a tensor from all ranks along dim 0; CRD's
     memory update and Z go through it so every rank's bank stays identical. `seed`
-    fixes the banks' random init (the negatives' stream is `seed + rank`).
+    fixes the banks' random init (the negatives' stream is `seed + rank`). `train_labels`:
+    the class of every training image, in dataset index order (CRD's other-class negatives).
     """
     if method not in _REGISTRY:
         raise RecipeError(f"distill.method: unknown method {method!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[method](cfg, student, teacher, clip_targets, num_train, device, gather, seed)
+    return _REGISTRY[method](cfg, student, teacher, clip_targets, num_train, device, gather, seed, train_labels)

@@ -10,6 +10,7 @@ row sees exactly the same pixels.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from richkd_deploy.errors import ArtifactError, RichKDError
 from richkd_deploy.evaluate import corruptions as corr
 from richkd_deploy.evaluate import gates as gates_mod
 from richkd_deploy.evaluate.calibrate import WriteCalibrated, calibrate_run
+from richkd_deploy.evaluate.distributed import distribute_rows, share_exit_code
 from richkd_deploy.evaluate.report import write_reports
 from richkd_deploy.evaluate.rows import Row, artifact_rows, evaluate_clean, reference_rows
 from richkd_deploy.manifest import read_manifest
@@ -32,6 +34,7 @@ from richkd_deploy.recipe import Recipe
 from richkd_deploy.runs import RunDir, atomic_write_json, run_lock
 from richkd_deploy.runtime.predictions import eval_arrays, normalise, predictions
 from richkd_deploy.student import load_student
+from richkd_deploy.train.dist import DistContext
 
 SCHEMA = "richkd-deploy/validate/1"
 Log = Callable[[str], None]
@@ -64,30 +67,41 @@ def load_images(recipe: Recipe, meta: dict[str, Any]) -> EvalImages:
 
 def validate_run(run_dir: Path, artifacts: Sequence[str] = (), calibrate: bool = False, provider: str = "cpu",
                  quiet: bool = False, log: Log = print, write_calibrated: WriteCalibrated | None = None,
-                 runtime: str | None = None) -> dict[str, Any]:
+                 runtime: str | None = None, dist: DistContext | None = None) -> dict[str, Any]:
     """Evaluate a run's artifacts, write eval/results.json and the reports, and return
     the results document (its `exit_code` is 0 when every gate holds, 1 otherwise).
 
     `calibrate` needs `write_calibrated`, the exporter step that writes and commits
     model.calibrated.onnx (`exporters.calibrated.export_calibrated`; the CLI passes it).
     `runtime` runs the ONNX artifacts on another runtime than onnxruntime (e.g. "openvino").
+    `dist` (torchrun ranks): every rank runs its share of each image set and rank 0 alone
+    holds the lock, calibrates, writes and logs (`evaluate.distributed`); the other ranks
+    return {"exit_code": rank 0's}.
     """
     run = RunDir(Path(run_dir))
-    with run_lock(run.root, "validate"):
+    dist = dist or DistContext.single()
+    if not dist.is_main:
+        log, quiet = (lambda _m: None), True
+    with run_lock(run.root, "validate") if dist.is_main else contextlib.nullcontext():
         student = load_student(run.student)
         recipe, v = student.recipe(), student.recipe().validate
         manifest = read_manifest(run.export_dir) if run.manifest.exists() else None
         if calibrate:
             if write_calibrated is None:
                 raise TypeError("validate_run(calibrate=True) needs write_calibrated (exporters.calibrated)")
-            manifest = calibrate_run(manifest, student.meta, recipe, write_calibrated, log)
+            with dist.main_first():  # rank 0 writes model.calibrated.onnx; the others read its manifest
+                manifest = (calibrate_run(manifest, student.meta, recipe, write_calibrated, log) if dist.is_main
+                            else read_manifest(run.export_dir))
         images = load_images(recipe, student.meta)
         rows = reference_rows(run, student.meta) + artifact_rows(run, manifest, artifacts, provider, runtime, log)
+        distribute_rows(rows, dist)
         log(f"validate: {len(rows)} models on {len(images.labels)} clean test images")
         evaluate_clean(rows, images.test_x, images.labels, images.holdout_x, images.holdout_y, v.batch_size,
                        v.confidence_threshold, log)
         corr_info = _corruption_suite(rows, images.test_ds, recipe, student.meta, quiet, log)
-        return _finish(run, student.meta, recipe, rows, corr_info, len(images.labels), log)
+        results = _finish(run, student.meta, recipe, rows, corr_info, len(images.labels), log) if dist.is_main else {}
+        code = share_exit_code(results.get("exit_code"), dist)
+        return results or {"exit_code": code}
 
 
 def _finish(run: RunDir, meta: dict[str, Any], recipe: Recipe, rows: list[Row], corr_info: dict[str, Any],

@@ -36,51 +36,18 @@ from typing import Any
 
 import numpy as np
 
+from richkd_deploy.evaluate.inputs import check as _check
+from richkd_deploy.evaluate.inputs import check_bins as _check_bins
+from richkd_deploy.evaluate.inputs import check_logits as _check_logits
+from richkd_deploy.evaluate.intervals import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    INTERVAL_LEVEL,
+    binomial_interval,
+    paired_bootstrap,
+)
+
 _DEFAULT_THRESHOLD = 0.9
-
-
-# ------------------------------------------------------------------- inputs
-
-
-def _as_array(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _check_logits(logits: Any, name: str = "logits") -> np.ndarray:
-    z = _as_array(logits)
-    if z.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [N, K], got shape {z.shape}")
-    if z.shape[0] == 0 or z.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one sample and one class, got shape {z.shape}")
-    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
-        raise ValueError(f"{name} must be numeric, got dtype {z.dtype}")
-    z = z.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(z)):
-        raise ValueError(f"{name} contain NaN or infinite values")
-    return z
-
-
-def _check(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    z = _check_logits(logits)
-    y = _as_array(labels)
-    if y.ndim != 1 or y.shape[0] != z.shape[0]:
-        raise ValueError(f"labels must be 1-D with one label per row of logits {z.shape}, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-    if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
-        raise ValueError(f"labels must lie in [0, {z.shape[1]}), got range [{y.min()}, {y.max()}]")
-    return z, y.astype(np.int64, copy=False)
-
-
-def _check_bins(n_bins: int) -> int:
-    if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    return int(n_bins)
 
 
 # ------------------------------------------------------------ probabilities
@@ -320,53 +287,16 @@ def agreement(logits_ref: Any, logits_model: Any) -> dict[str, float]:
 
 # ------------------------------------------------------------- uncertainty
 
-INTERVAL_LEVEL = 0.95
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
-
-
-def binomial_interval(k: int, n: int, level: float = INTERVAL_LEVEL) -> dict[str, Any]:
-    """Exact (Clopper-Pearson) interval for a proportion k/n, e.g. the top-1 agreement.
-
-    Agreement is a count of matching predictions over independent test images, a
-    binomial proportion; the exact interval never undercovers, even at 100 %
-    agreement where the normal approximation collapses to a point.
-    """
-    from scipy.stats import beta
-
-    if n <= 0 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    a = 1.0 - float(level)
-    low = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    high = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
-    return {"low": low, "high": high, "level": float(level), "method": "exact binomial (Clopper-Pearson)"}
-
-
 def top1_drop_interval(ref_logits: Any, logits: Any, labels: Any, level: float = INTERVAL_LEVEL,
                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
     """Top-1 drop of `logits` against `ref_logits` (reference minus candidate) on the
-    same images, with a paired-bootstrap percentile interval.
-
-    Paired: each resample draws images, not two independent sets, so the strong
-    correlation between a model and its exported copy is kept (the interval of a
-    drop between two 90 % models that agree on 99 % of images is a fraction of the
-    unpaired one). The per-image difference takes only the values -1, 0, +1, so a
-    resample of n images is a multinomial draw of their counts: exactly the
-    bootstrap distribution, at the cost of `resamples` draws, with a fixed seed.
-    """
+    same images, with a paired-bootstrap percentile interval (`intervals.paired_bootstrap`)."""
     z_ref, y = _check(ref_logits, labels)
     z, _ = _check(logits, labels)
     if z.shape != z_ref.shape:
         raise ValueError(f"ref_logits {z_ref.shape} and logits {z.shape} must have the same shape")
     d = (z_ref.argmax(axis=1) == y).astype(np.int64) - (z.argmax(axis=1) == y).astype(np.int64)
-    n = len(d)
-    p = np.array([np.sum(d == -1), np.sum(d == 0), np.sum(d == 1)], dtype=np.float64) / n
-    counts = np.random.default_rng(seed).multinomial(n, p, size=int(resamples))
-    boot = (counts[:, 2] - counts[:, 0]) / n
-    a = 1.0 - float(level)
-    low, high = np.quantile(boot, [a / 2, 1 - a / 2])
-    return {"value": float(d.mean()), "low": float(low), "high": float(high), "level": float(level),
-            "method": f"paired bootstrap, {int(resamples)} resamples, seed {seed}, percentile"}
+    return paired_bootstrap(d, level, resamples, seed)
 
 
 # ------------------------------------------------------ temperature scaling

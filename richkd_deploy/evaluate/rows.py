@@ -36,6 +36,7 @@ class Row:
         self.user_given = user_given
         self.logits: np.ndarray | None = None
         self.corr_correct: dict[str, dict[str, float]] = {}
+        self.predict_fn: Callable[[Any, np.ndarray, int], np.ndarray] = predict_all  # evaluate.distributed swaps it
         self.doc: dict[str, Any] = {"name": name, "role": role, "file": file, "backend": runtime_name,
                                     "precision": precision, "status": "ok" if runtime is not None else "pending",
                                     "reason": reason, "clean": None, "agreement": None, "calibration": None,
@@ -46,7 +47,7 @@ class Row:
     def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         t0 = time.perf_counter()
         try:
-            return predict_all(self.runtime, images, batch_size)
+            return self.predict_fn(self.runtime, images, batch_size)
         finally:
             self.doc["seconds"] += time.perf_counter() - t0
 

@@ -57,6 +57,55 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def session_options(threads: int | None = None, optimized_model_path: str | Path | None = None) -> Any:
+    """The SessionOptions every session of ours uses (kernel counting reuses them, so the
+    counted graph is the one that runs)."""
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    if optimized_model_path is not None:
+        opts.optimized_model_filepath = str(optimized_model_path)
+    return opts
+
+
+INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
+                "DynamicQuantizeMatMul")
+FLOAT_KERNELS = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm", "FusedMatMul", "NhwcFusedConv")
+
+
+def kernel_counts(path: str | Path, disabled_optimizers: list[str] | None | bool = True) -> dict[str, Any]:
+    """Which compute kernels onnxruntime's CPU provider really runs for `path`: the
+    optimized graph is saved (`SessionOptions.optimized_model_filepath`) and its
+    Conv/Gemm-like nodes counted as int8 (QLinearConv, QGemm, MatMulInteger, ...) or
+    float (Conv, Gemm, ...). A Q/DQ file can look fully quantized and still run
+    `DequantizeLinear -> Conv(float) -> QuantizeLinear` when a fusion's conditions
+    are not met; this is how to see it. `disabled_optimizers=True` uses the same
+    setting as `make_session`. Returns {"int8": n, "float": n, "ops": {op: n},
+    "float_nodes": [names]}."""
+    import collections
+    import tempfile
+
+    import onnx
+
+    ort = require("onnxruntime")
+    if disabled_optimizers is True:
+        disabled_optimizers = list(QDQ_DISABLED_OPTIMIZERS) if is_qdq(path) else None
+    with tempfile.TemporaryDirectory(prefix="richkd-ortopt-") as tmp:
+        opt = Path(tmp) / "optimized.onnx"
+        ort.InferenceSession(str(path), session_options(1, opt), providers=["CPUExecutionProvider"],
+                             disabled_optimizers=disabled_optimizers or None)
+        nodes = list(onnx.load(str(opt), load_external_data=False).graph.node)
+    ops = collections.Counter(n.op_type for n in nodes)
+    return {"int8": sum(ops[k] for k in INT8_KERNELS), "float": sum(ops[k] for k in FLOAT_KERNELS),
+            "ops": {k: int(v) for k, v in sorted(ops.items()) if k in INT8_KERNELS or k in FLOAT_KERNELS},
+            "float_nodes": [n.name or n.output[0] for n in nodes if n.op_type in FLOAT_KERNELS]}
+
+
 def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None) -> Any:
     """An InferenceSession on exactly `provider` ("cpu" | "cuda" | "tensorrt")."""
     ort = require("onnxruntime")
@@ -67,13 +116,7 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
         raise MissingDependencyError(
             f"this onnxruntime ({ort.__version__}, providers {', '.join(ort.get_available_providers())}) has no "
             f"{wanted}: {_INSTALL.get(provider, 'install onnxruntime')}")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
+    opts = session_options(threads)
     providers: list[Any] = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
     disabled = list(QDQ_DISABLED_OPTIMIZERS) if is_qdq(path) else None
     try:

@@ -163,7 +163,8 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, 
     # gather: every rank applies the memory-bank update of the whole (all-rank) batch.
     distiller = distill.create_distiller(recipe.distill.method, recipe.distill, student=student, teacher=teacher,
                                          clip_targets=clip_targets, num_train=len(ds.train), device=device,
-                                         gather=dist.gather_cat if dist.enabled else None)
+                                         gather=dist.gather_cat if dist.enabled else None,
+                                         train_labels=ds.train.labels)
     distiller.to(device)
     stage = Stage(name="student", module=distiller, classifier=student, compute=distiller,
                   term_names=distill.term_names(recipe.distill.method, recipe.distill),
@@ -251,7 +252,8 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
         comments = [f"richkd-deploy {__version__} student stage, method {recipe.distill.method}, recipe hash {recipe.hash()[:12]}"]
         if recipe.needs_clip:
             clip_targets = prepare_clip_targets(recipe, run, ds.train, ds.test, device, log, mean=ds.mean, std=ds.std,
-                                                quiet=quiet, build_cache=dist.is_main)
+                                                quiet=quiet, build_cache=dist.is_main,
+                                                rank=dist.rank, world_size=dist.world_size)
             clip_random = bool(clip_targets.is_random)
             comments.append(f"clip: {recipe.clip.model} pretrained={recipe.clip.pretrained}"
                             + (" -- RANDOM CLIP WEIGHTS, not for shipping" if clip_random else ""))

@@ -14,11 +14,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_gpu_check_self_test_fills_every_section(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", str(tmp_path), "--device", "cpu", "--quick"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     sections = report["sections"]
-    assert set(sections) == {"train", "clip", "ort", "trt"}
+    assert set(sections) == {"train", "clip", "clip_ddp", "validate_ddp", "ort", "trt"}
     assert not any("section_error" in s for s in sections.values()), sections
     rows = sections["train"]["rows"]
     assert {(r["method"], r["variant"]) for r in rows} == {(m, v) for m in ("kd", "richkd_lf")
@@ -28,6 +28,8 @@ def test_gpu_check_self_test_fills_every_section(tmp_path):
     clip = sections["clip"]
     assert clip["weights"].startswith("random") and clip["flops_per_image"] > 1e6
     assert 0 < clip["cache_fraction_of_roofline"] < 1 and 0 < clip["tower_fraction_of_roofline"] < 1
+    for name, same in (("clip_ddp", "byte_identical"), ("validate_ddp", "results_identical")):
+        assert [r["nproc"] for r in sections[name]["runs"]] == [1, 2] and sections[name][same] is True
     ort = sections["ort"]
     assert ort["provider"] == "CPUExecutionProvider" and ort["parity_max_abs_diff"] < 1e-4
     assert ort["parity_top1_agreement"] == 1.0 and set(ort["latency"]) == {"1", "8"}

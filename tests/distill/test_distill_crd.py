@@ -125,6 +125,60 @@ def test_sampled_negatives_are_uniform_with_positive_first():
     assert counts.min() > 0.6 * counts.mean()
 
 
+def _class_labels(n: int = 60, classes: int = 5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    return torch.randint(0, classes, (n,), generator=g)
+
+
+def test_other_class_negatives_never_share_the_anchor_class():
+    """RepDistiller's `cls_negative` lists: every other-class slot can be drawn, none of the
+    anchor's class (so never the positive), roughly uniformly."""
+    labels = _class_labels()
+    mem = ContrastMemory(D, 60, 6000, T, MOM, seed=0, labels=labels, negatives="other_class")
+    anchors = torch.arange(60)
+    idx = mem.sample(anchors)
+    assert idx.shape == (60, 6001) and torch.equal(idx[:, 0], anchors)
+    neg = idx[:, 1:]
+    assert (labels[neg] != labels[anchors].unsqueeze(1)).all()
+    assert not (neg == anchors.unsqueeze(1)).any()
+    for a in (0, 17, 59):
+        allowed = (labels != labels[a]).nonzero().view(-1)
+        counts = torch.bincount(neg[a], minlength=60)[allowed].float()
+        assert (counts > 0).all() and counts.min() > 0.5 * counts.mean()  # all reachable, about uniform
+    # labels follow .to() but are not saved: checkpoints keep their keys
+    assert set(mem.state_dict()) == {"memory_v1", "memory_v2", "z"}
+
+
+def test_uniform_negatives_include_same_class_and_positive():
+    labels = _class_labels()
+    mem = ContrastMemory(D, 60, 6000, T, MOM, seed=0, labels=labels, negatives="uniform")
+    anchors = torch.arange(60)
+    neg = mem.sample(anchors)[:, 1:]
+    assert (labels[neg] == labels[anchors].unsqueeze(1)).any()
+    assert (neg == anchors.unsqueeze(1)).any(1).all()
+
+
+def test_other_class_sampling_is_seeded_per_rank_stream():
+    labels = _class_labels()
+    a = ContrastMemory(D, 60, 50, T, MOM, seed=3, labels=labels, negatives="other_class")
+    b = ContrastMemory(D, 60, 50, T, MOM, seed=3, labels=labels, negatives="other_class")
+    c = ContrastMemory(D, 60, 50, T, MOM, seed=4, labels=labels, negatives="other_class")
+    y = torch.tensor([1, 2, 3])
+    sa = a.sample(y)
+    assert torch.equal(sa, b.sample(y)) and not torch.equal(sa, c.sample(y))
+
+
+def test_other_class_memory_rejects_bad_labels():
+    with pytest.raises(ValueError, match="needs the label"):
+        ContrastMemory(D, 60, 5, negatives="other_class")
+    with pytest.raises(ValueError, match="59 labels for 60"):
+        ContrastMemory(D, 60, 5, labels=torch.arange(59) % 3, negatives="other_class")
+    with pytest.raises(ValueError, match="two classes"):
+        ContrastMemory(D, 60, 5, labels=torch.full((60,), 2), negatives="other_class")
+    with pytest.raises(ValueError, match="negatives must be"):
+        ContrastMemory(D, 60, 5, negatives="same_class")
+
+
 def test_gather_keeps_every_rank_bank_identical():
     """Two 'ranks' in threads with an all_gather built from a barrier."""
     world = 2
@@ -180,6 +234,10 @@ def test_crd_on_cuda_matches_cpu_under_autocast():
     assert lg.dtype == torch.float32 and torch.isfinite(lg)
     assert lg.item() == pytest.approx(lc.item(), rel=1e-4)
     gpu(v1.cuda(), v2.cuda(), Y.cuda())  # sampling with a CUDA generator
+    labels = _class_labels(N, 3)
+    mem = ContrastMemory(D, N, 500, T, MOM, seed=0, labels=labels, negatives="other_class").cuda()
+    idx = mem.sample(Y.cuda()).cpu()
+    assert (labels[idx[:, 1:]] != labels[Y].unsqueeze(1)).all() and idx[:, 0].tolist() == Y.tolist()
 
 
 def test_log_space_nce_equals_crd_contrast_loss():

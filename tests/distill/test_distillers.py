@@ -25,7 +25,8 @@ def _batch(ds, idx):
 
 def _make(method, clip, cfg=CFG, n=24):
     torch.manual_seed(0)
-    return create_distiller(method, dataclasses.replace(cfg, method=method), TinyNet(8), TinyNet(12), clip, n, "cpu")
+    return create_distiller(method, dataclasses.replace(cfg, method=method), TinyNet(8), TinyNet(12), clip, n, "cpu",
+                            train_labels=torch.arange(n) % 4)  # FakeDataset's labels
 
 
 def test_registry_covers_recipe_methods():
@@ -134,9 +135,48 @@ def test_zoo_models_richkd_lf(clip_sources):
     ds, sources = clip_sources
     torch.manual_seed(0)
     d = create_distiller("richkd_lf", CFG, models.create_model("resnet8", num_classes=4),
-                         models.create_model("resnet20", num_classes=4), sources["cached"], len(ds), "cpu")
+                         models.create_model("resnet20", num_classes=4), sources["cached"], len(ds), "cpu",
+                         train_labels=ds.labels)
     images, labels, indices = _batch(ds, range(4))
     logits, terms = d(images, labels, indices)
     sum(terms.values()).backward()
     assert logits.shape == (4, 4) and list(terms) == ["ce", "kd", "crd"]
     assert d.embed_t.linear.in_features == d.teacher.num_features
+
+
+@pytest.mark.parametrize("method", ["crd", "richkd_f", "richkd_lf"])
+def test_crd_negatives_from_other_classes_by_default(clip_sources, method):
+    """As RepDistiller/mdistiller/the authors: a CRD term's negatives never share the anchor's class."""
+    ds, sources = clip_sources
+    assert CFG.crd_negatives == "other_class"
+    d = _make(method, sources["cached"], dataclasses.replace(CFG, nce_k=200))
+    labels = torch.as_tensor(ds.labels)
+    anchors = torch.tensor([3, 7, 11, 20, 0, 5])
+    idx = d.crd.memory.sample(anchors)
+    assert idx[:, 0].tolist() == anchors.tolist()
+    assert (labels[idx[:, 1:]] != labels[anchors].unsqueeze(1)).all()
+    images, lab, indices = _batch(ds, anchors.tolist())
+    sum(d(images, lab, indices)[1].values()).backward()  # and the distiller trains with them
+
+
+def test_crd_negatives_uniform_is_a_recipe_option(clip_sources):
+    ds, sources = clip_sources
+    cfg = dataclasses.replace(CFG, nce_k=400, crd_negatives="uniform")
+    torch.manual_seed(0)
+    d = create_distiller("crd", dataclasses.replace(cfg, method="crd"), TinyNet(8), TinyNet(12), None, 24, "cpu")
+    labels = torch.as_tensor(ds.labels)
+    idx = d.crd.memory.sample(torch.tensor([3, 7]))
+    assert (labels[idx[:, 1:]] == labels[torch.tensor([3, 7])].unsqueeze(1)).any()  # same-class draws happen
+    assert (idx[:, 1:] == idx[:, :1]).any()  # and the positive itself
+
+
+def test_crd_other_class_needs_labels_and_two_classes():
+    cfg = dataclasses.replace(CFG, method="crd")
+    with pytest.raises(RecipeError, match="train_labels.*crd_negatives: uniform"):
+        create_distiller("crd", cfg, TinyNet(8), TinyNet(12), None, 24, "cpu")
+    with pytest.raises(RecipeError, match="24 training images"):
+        create_distiller("crd", cfg, TinyNet(8), TinyNet(12), None, 24, "cpu", train_labels=torch.arange(10) % 4)
+    with pytest.raises(RecipeError, match="two classes"):
+        create_distiller("crd", cfg, TinyNet(8), TinyNet(12), None, 24, "cpu", train_labels=torch.zeros(24))
+    # vanilla and KD have no CRD term: no labels needed
+    create_distiller("kd", dataclasses.replace(CFG, method="kd"), TinyNet(8), TinyNet(12), None, 24, "cpu")

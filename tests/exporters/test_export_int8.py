@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,12 @@ import torch
 from onnx import numpy_helper
 
 from exporters.fp16 import convert_fp16
-from exporters.int8 import quantize_int8
+from exporters.int8 import Int8Options, preprocess, quantizable_layers, quantize_int8
 from exporters.metadata import read_metadata
 from exporters.onnx_fp32 import export_onnx
 from richkd_deploy.errors import ArtifactError
 from richkd_deploy.runtime import agreement, top1
-from richkd_deploy.runtime.onnxruntime import make_session, run_session
+from richkd_deploy.runtime.onnxruntime import kernel_counts, make_session, run_session
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +59,49 @@ def test_qdq_model_is_what_tensorrt_accepts(exported: dict) -> None:
     assert meta["quantization"]["activation_type"] == "QInt8" and meta["quantization"]["calibration_images"] == 256
 
 
-def test_onnxruntime_fuses_every_conv(exported: dict, tmp_path: Path) -> None:
+def test_onnxruntime_fuses_every_conv(exported: dict) -> None:
     """The dedicated Q/DQ pairs + session settings let onnxruntime's x86 path run
-    every convolution as QLinearConv (else INT8 ends up slower than FP32)."""
-    import onnxruntime as ort
+    every convolution as QLinearConv and the classifier as QGemm (else INT8 ends up
+    slower than FP32)."""
+    counts = kernel_counts(exported["int8"])
+    assert counts["float"] == 0 and counts["ops"] == {"QGemm": 1, "QLinearConv": 4}, counts
 
-    from richkd_deploy.runtime.onnxruntime import QDQ_DISABLED_OPTIMIZERS
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    opts.log_severity_level = 3
-    ort.InferenceSession(str(exported["int8"]), opts, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS))
-    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
-    assert ops["Conv"] == 0 and ops["QLinearConv"] == 4, ops
+@pytest.fixture(scope="module")
+def resnet8_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """resnet8 (random init: which kernels run does not depend on the weights), whose
+    residual blocks read tensors with two consumers."""
+    from richkd_deploy.models import create_model, export_view
+
+    d = tmp_path_factory.mktemp("resnet8")
+    torch.manual_seed(0)
+    fp32 = export_onnx(export_view(create_model("resnet8", num_classes=10)).eval(), d / "model.onnx",
+                       (3, 32, 32), 17, {})
+    x = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    return quantize_int8(fp32, [x], d / "model.int8.onnx")
+
+
+@pytest.mark.parametrize("disabled", [True, None], ids=["our-session", "plain-onnxruntime-session"])
+def test_every_conv_and_gemm_of_resnet8_runs_as_an_int8_kernel(resnet8_int8: Path, disabled: bool | None) -> None:
+    """In onnxruntime's optimized graph all 9 convolutions are QLinearConv and the
+    classifier is a QGemm, in our sessions and in a plain InferenceSession (where CSE
+    is on: before the scale copies it merged the dedicated pairs, 4 of 9 fused; before
+    the Gemm bias split the classifier stayed a float Gemm)."""
+    counts = kernel_counts(resnet8_int8, disabled_optimizers=disabled)
+    assert counts["float_nodes"] == [], counts
+    assert counts["ops"] == {"QGemm": 1, "QLinearConv": 9}, counts
+
+
+def test_kernel_counts_sees_a_float_conv(resnet8_int8: Path, tmp_path: Path) -> None:
+    """The counter fails a model where one convolution is kept float."""
+    src = resnet8_int8.parent / "model.onnx"
+    pre = preprocess(src, tmp_path / "pre.onnx")
+    first = quantizable_layers(onnx.load(str(pre)))[0]
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    path = quantize_int8(src, [x], tmp_path / "m.onnx", Int8Options(keep_float=(first,)), preprocessed=pre)
+    counts = kernel_counts(path)
+    assert counts["float"] == 1 and counts["int8"] == 9, counts  # (onnxruntime renames the float node)
+    assert read_metadata(onnx.load(str(path)))["quantization"]["layers_in_float"] == [first]
 
 
 def test_empty_calibration_is_a_clear_error(exported: dict, tmp_path: Path) -> None:
@@ -104,7 +131,7 @@ def test_int8_output_logits_stay_float(exported: dict) -> None:
     for out in model.graph.output:
         node = producer[out.name]
         assert node.op_type not in ("DequantizeLinear", "QuantizeLinear"), node.name
-        assert node.op_type == "Gemm"
+        assert node.op_type == "Add" and producer[node.input[0]].op_type == "Gemm"  # the classifier's bias, split off
     assert read_metadata(model)["quantization"]["float_output"] is True
 
 
@@ -131,3 +158,28 @@ def test_float_output_check_refuses_a_quantized_output() -> None:
                                helper.make_tensor("z", TensorProto.INT8, [], [0])])
     with pytest.raises(ArtifactError, match="logits must stay float"):
         float_output_check(helper.make_model(graph))
+
+
+def test_module_name_maps_onnx_node_names_to_torch_modules() -> None:
+    from exporters.int8 import module_name
+
+    assert module_name("/model/layer1/layer1.0/conv1/Conv") == "model.layer1.0.conv1"
+    assert module_name("/conv1/conv1.0/Conv") == "conv1.0"
+    assert module_name("/fc/Gemm") == "fc"
+
+
+def test_every_gemm_bias_is_split_and_kept_float(tmp_path: Path) -> None:
+    """An MLP head (two Gemms): both biases become float Adds, both Gemms run as QGemm."""
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    torch.manual_seed(0)
+    fp32 = export_onnx(head.eval(), tmp_path / "mlp.onnx", (3, 2, 2), 17, {})
+    x = np.random.default_rng(0).standard_normal((32, 3, 2, 2)).astype(np.float32)
+    path = quantize_int8(fp32, [x], tmp_path / "mlp.int8.onnx")
+    model = onnx.load(str(path))
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == 2
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert all(producer[a.input[0]].op_type == "Gemm" for a in adds)  # no Q/DQ between a Gemm and its bias
+    assert kernel_counts(path)["ops"] == {"QGemm": 2}
+    ref = run_session(make_session(fp32), x)
+    assert np.abs(run_session(make_session(path), x) - ref).max() < 0.1 * np.abs(ref).max()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import exporters.commit as commit_mod
+import exporters.int8_tune as int8_tune
 import exporters.pipeline as pipeline
 import exporters.stage_onnx as stage_onnx
 from exporters.metadata import read_metadata
@@ -92,7 +93,7 @@ def test_interrupted_export_never_leaves_a_manifest_over_partial_files(
     if previous:
         _export(export_inputs, d)
     with monkeypatch.context() as m:
-        m.setattr(stage_onnx if where == "quantize_int8" else commit_mod, where, patch)
+        m.setattr(int8_tune if where == "quantize_int8" else commit_mod, where, patch)  # the INT8 tuner quantizes
         with pytest.raises(Boom):
             _export(export_inputs, d, force=True)
     assert listed_files_ok(d)
@@ -208,3 +209,17 @@ def test_fp16_without_a_cpu_runtime_is_recorded_not_fatal(export_inputs: dict, t
     fp16 = manifest.artifact("model.fp16.onnx")
     assert fp16["parity"]["status"].startswith("not run: onnxruntime cannot load") and fp16["accuracy"] is None
     assert listed_files_ok(tmp_path / "export")
+
+
+def test_asymmetric_int8_with_tensorrt_is_refused_before_anything_is_written(export_inputs: dict,
+                                                                            tmp_path: Path) -> None:
+    import dataclasses
+
+    from richkd_deploy.errors import RecipeError
+    from richkd_deploy.recipe import Int8Config
+
+    cfg = dataclasses.replace(export_inputs["settings"], int8=Int8Config(symmetric_activations=False))
+    with pytest.raises(RecipeError, match="TensorRT"):
+        export_student(export_inputs["student"], export_inputs["data"], tmp_path / "export", cfg, trt=True,
+                       quiet=True, log=lambda _m: None)
+    assert not (tmp_path / "export" / "manifest.json").exists()

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from richkd_deploy import recipe
 from richkd_deploy.errors import RecipeError
+from richkd_deploy.models.for_recipe import check_architectures
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 def _load(tmp_path: Path, **sections) -> recipe.Recipe:
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump(sections))
-    return recipe.load(p)
+    r = recipe.load(p)
+    check_architectures(r)  # what `recipe check` and `train` run after loading
+    return r
 
 
 def test_tags_stay_tags_and_files_resolve(tmp_path: Path) -> None:

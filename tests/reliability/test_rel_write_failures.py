@@ -39,7 +39,8 @@ def test_failed_checkpoint_write_keeps_the_previous_last_pt(reference_run: Path,
     assert last.stat().st_size > 4 * LIMIT
     before = {p: p.read_bytes() for p in (last, run / "checkpoints" / "best.pt", run / "student.pt")}
     out = run_limited(*TRAIN, "--run-dir", str(run), "--resume", "-o", "optim.epochs=3")  # epoch 3 must be saved
-    line = assert_one_line_error(out.returncode, out.stderr, 2, f"could not write {last}", "file too large",
+    # best.pt is written before last.pt when epoch 3 is the best on the holdout: either write may be the one refused
+    line = assert_one_line_error(out.returncode, out.stderr, 2, f"could not write {last.parent}/", "file too large",
                                  "unchanged")
     assert "RuntimeError" not in line
     for path, data in before.items():

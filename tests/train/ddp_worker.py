@@ -69,7 +69,7 @@ def run(name: str, method: str, n: int, epochs: int, out: Path, dist: DistContex
     student, teacher = NoBN(8), NoBN(12)
     cfg = DistillConfig(method=method, nce_k=32, feat_dim=16)
     distiller = create_distiller(method, cfg, student=student, teacher=teacher, num_train=n,
-                                 gather=dist.gather_cat if dist.enabled else None)
+                                 gather=dist.gather_cat if dist.enabled else None, train_labels=Data(n).y)
     # one process: lr 0.1; two ranks: lr 0.05 scaled linearly to 0.1
     optim = OptimConfig(epochs=epochs, batch_size=64 // dist.world_size, lr=0.1 / dist.world_size,
                         lr_scaling="linear", milestones=(100,), amp=False)

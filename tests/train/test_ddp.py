@@ -191,7 +191,7 @@ def test_a_failing_rank_brings_the_job_down(tmp_path):
 
 @pytest.mark.slow
 def test_cli_nproc_2_runs_richkd_lf_then_resumes(tmp_path):
-    """`train --nproc 2` on the smoke recipe (teacher stage under DDP, CLIP cache by rank 0,
+    """`train --nproc 2` on the smoke recipe (teacher stage under DDP, CLIP cache in shards by both ranks,
     RichKD L+F with the gathered bank), then `torchrun ... -m richkd_deploy train --resume`
     to a second epoch (the form a multi-node job uses)."""
     run = tmp_path / "run"
@@ -204,6 +204,8 @@ def test_cli_nproc_2_runs_richkd_lf_then_resumes(tmp_path):
     for once in ("effective batch 64", "[teacher] epoch 1/1", "[teacher] resnet8 test top-1", "CLIP zero-shot top-1",
                  "CLIP target cache built", "[student] epoch 1/1"):
         assert log.count(once) == 1, once
+    assert "CLIP cache: assembled from 3 shards by 2 ranks" in log  # 288 images, batch 100
+    assert not (run / "clip" / "shards").exists()
     assert load(run / "teacher" / "checkpoints" / "last.pt")["world_size"] == 2
     second = run_bounded([*TORCHRUN, *args, "-o", "optim.epochs=2", "--resume"], timeout=240)
     assert second.returncode == 0, second.stderr[-3000:]
