@@ -10,6 +10,17 @@ both alike. One warm-up call per cell on a few images is excluded for both
     python benchmarks/corruptions.py --n 1000
     python benchmarks/corruptions.py --n 1000 --ref-severities 3   # reference at 3 only, x5, labelled
 
+Edge resolution (`--size 224`): the 15x5 suite as validate runs it, each cell
+generated once on N images upsampled to SIZE x SIZE (Fashion-MNIST, bilinear), our
+first call per cell INCLUDED (operator and table builds, as validate pays them);
+the reference is warmed per cell (its numba compilation and texture loads
+excluded: the comparison is conservative for us). The reference runs image by
+image, so `--ref-n K` times it on the first K of the N images and scales by N/K
+(labelled); the strength per cell is the mean absolute pixel change from the clean
+image under ours and under the reference on those same K images, and their ratio.
+
+    python benchmarks/corruptions.py --size 224 --n 200 --ref-n 20
+
 Fidelity: accuracy of a classifier on the same 2,000 test images under our
 corruption and under the reference's, per corruption and severity, with the
 mean absolute difference over the cells, the largest cell, and a noise floor
@@ -72,9 +83,15 @@ def _read_idx(path: Path) -> np.ndarray:
     raise FileNotFoundError(path)
 
 
-def load_images(n: int, data_dir: Path = FASHION_DIR) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The first n Fashion-MNIST test images as uint8 [n, 3, 32, 32] (zero-padded, grey
-    repeated to RGB) with labels; random images and -1 labels when the files are missing."""
+def load_images(n: int, data_dir: Path = FASHION_DIR, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The first n Fashion-MNIST test images as uint8 [n, 3, size, size] (zero-padded to
+    32, grey repeated to RGB, upsampled bilinearly when size > 32) with labels; random
+    images and -1 labels when the files are missing."""
+    if size != 32:
+        from richkd_deploy.data.transforms import resize_uint8
+
+        x, y, source = load_images(n, data_dir)
+        return resize_uint8(x, size).contiguous(), y, f"{source}, upsampled to {size}x{size}"
     try:
         images = _read_idx(data_dir / "t10k-images-idx3-ubyte")[:n]
         labels = _read_idx(data_dir / "t10k-labels-idx1-ubyte")[:n]
@@ -122,28 +139,68 @@ def time_suite(
     ref_severities: Sequence[int] | None,
     seed: int = 0,
     repeat: int = 1,
+    cold: bool = False,
+    ref_n: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Per-cell wall and CPU seconds for the reference (if installed) and for ours."""
+    """Per-cell wall and CPU seconds for the reference (if installed) and for ours.
+
+    `cold`: our first call per cell is the timed one (validate's situation), and the
+    strength (mean |corrupted - clean|) of both is recorded. `ref_n`: the reference
+    is timed on the first `ref_n` images and scaled to all of them (it is per image)."""
     ref = reference_module() if ref_severities is not None else None
     cells = []
     warm = images[:4]
+    k = min(ref_n or len(images), len(images))
+    ref_images, scale = images[:k], len(images) / k
+    dev_images = images.to(device)
+
+    def ours(name: str, severity: int) -> torch.Tensor:
+        out = corrupt(dev_images, name, severity, seed)
+        if dev_images.is_cuda:
+            torch.cuda.synchronize()
+        return out.cpu()
     for name in names:
         for severity in severities:
-            ours = partial(corrupt, images, name, severity, seed)
-            corrupt(warm, name, severity, seed)
+            if not cold:
+                corrupt(warm.to(device), name, severity, seed)
             cell: dict[str, Any] = {"name": name, "severity": severity}
+            if cold:
+                cell["ours_wall"], cell["ours_cpu"], out = _timed_out(partial(ours, name, severity))
+            else:
+                cell["ours_wall"], cell["ours_cpu"] = _timed(partial(ours, name, severity), repeat)
             if ref is not None and severity in ref_severities:
-                reference_corrupt(ref, warm, name, severity)
-                cell["ref_wall"], cell["ref_cpu"] = _timed(partial(reference_corrupt, ref, images, name, severity), repeat)
-            cell["ours_wall"], cell["ours_cpu"] = _timed(ours, repeat)
+                reference_corrupt(ref, warm[:1], name, severity)
+                wall, cpu, theirs = _timed_out(partial(reference_corrupt, ref, ref_images, name, severity))
+                cell["ref_wall"], cell["ref_cpu"] = wall * scale, cpu * scale
+                if cold:
+                    cell["strength_ours"] = _strength(out[:k], ref_images)
+                    cell["strength_ref"] = _strength(theirs, ref_images)
             cells.append(cell)
             print(f"  {name:18s} s{severity}  " + _cell_text(cell), flush=True)
-    return {"cells": cells, "reference_installed": ref is not None}
+    return {"cells": cells, "reference_installed": ref is not None, "ref_images_timed": k if ref else None}
+
+
+def _timed_out(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def _strength(corrupted: torch.Tensor, clean: torch.Tensor) -> float:
+    """Mean absolute pixel change (0..255) a corruption makes."""
+    return float((corrupted.to(torch.float32) - clean.to(torch.float32)).abs().mean())
 
 
 def _cell_text(cell: dict[str, Any]) -> str:
     ref = f"ref {cell['ref_wall']:7.3f}s" if "ref_wall" in cell else "ref      -  "
-    return f"{ref}  ours {cell['ours_wall']:7.3f}s"
+    text = f"{ref}  ours {cell['ours_wall']:7.3f}s"
+    if "ref_wall" in cell:
+        text += f"  ratio {cell['ref_wall'] / cell['ours_wall']:6.1f}x"
+    if "strength_ours" in cell:
+        text += (f"  strength ours {cell['strength_ours']:6.2f} ref {cell['strength_ref']:6.2f} "
+                 f"({cell['strength_ours'] / max(cell['strength_ref'], 1e-9):.2f})")
+    return text
 
 
 def summarise_speed(result: dict[str, Any], names: Sequence[str], severities: Sequence[int], ref_severities: Sequence[int] | None) -> dict[str, Any]:
@@ -189,6 +246,15 @@ def print_speed(summary: dict[str, Any], n: int) -> None:
         print(f" {summary['speedup_wall']:8.1f}x wall, {summary['speedup_cpu']:.1f}x CPU time" + (" (reference extrapolated)" if extra else ""))
     else:
         print("   (reference not timed)")
+
+
+def print_strength(cells: Sequence[dict[str, Any]]) -> None:
+    """Per corruption: the speed ratio and strength ratio (ours / reference) per severity."""
+    print("\nper cell: speed ratio ref/ours | strength ratio ours/ref (mean |pixel change|)")
+    for name in dict.fromkeys(c["name"] for c in cells):
+        row = [c for c in cells if c["name"] == name and "strength_ref" in c]
+        print(f"  {name:18s} " + " ".join(f"{c['ref_wall'] / c['ours_wall']:6.1f}x|{c['strength_ours'] / max(c['strength_ref'], 1e-9):4.2f}"
+                                         for c in row))
 
 
 # ----------------------------------------------------------------- fidelity
@@ -294,6 +360,11 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1000, help="images for the speed test (default 1000)")
+    p.add_argument("--size", type=int, default=32, help="image side; 224: edge mode, first calls timed, strength "
+                   "per cell (default 32)")
+    p.add_argument("--ref-n", type=int, default=None, help="time the reference on the first K images and scale "
+                   "to --n (labelled; it runs image by image)")
+    p.add_argument("--device", default="cpu", help="run ours on this torch device (e.g. cuda)")
     p.add_argument("--names", default=",".join(CORRUPTIONS), help="comma-separated corruptions (default: the 15)")
     p.add_argument("--severities", type=_ints, default=list(SEVERITIES), help="default 1,2,3,4,5")
     p.add_argument("--ref-severities", type=_ints, default=None, help="time the reference only at these severities and extrapolate (labelled)")
@@ -328,15 +399,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_fidelity(table, args.severities)
         report.update({"images": source, "n": len(images), "fidelity": table})
     else:
-        images, _, source = load_images(args.n, args.data_dir)
+        images, _, source = load_images(args.n, args.data_dir, args.size)
         ref_sev = None if args.no_reference else (args.ref_severities or args.severities)
-        print(f"timing on {len(images)} images from {source}; reference image by image, ours batched")
-        result = time_suite(images, names, args.severities, ref_sev, args.seed, args.repeat)
+        cold = args.size != 32
+        print(f"timing on {len(images)} images from {source}; reference image by image"
+              + (f" on the first {min(args.ref_n, len(images))} (scaled x{len(images) / min(args.ref_n, len(images)):.1f})"
+                 if args.ref_n else "") + ", ours batched" + (", first call per cell included" if cold else ""))
+        result = time_suite(images, names, args.severities, ref_sev, args.seed, args.repeat, cold=cold,
+                            ref_n=args.ref_n, device=args.device)
         if not result["reference_installed"] and ref_sev is not None:
             print("reference implementation (imagecorruptions) not installed: timing ours only")
             ref_sev = None
         summary = summarise_speed(result, names, args.severities, ref_sev)
         print_speed(summary, len(images))
+        if cold and result["reference_installed"]:
+            print_strength(result["cells"])
         report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         report.update({"images": source, "n": len(images), "repeat": args.repeat, "speed": {**result, **summary}})
     if args.json:

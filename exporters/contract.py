@@ -9,6 +9,9 @@ data, in its ONNX metadata (`preprocess`) and in a TensorRT engine's sidecar:
     raw uint8 image, grey [H, W] or RGB [H, W, 3] (`raw_channels`: "grey" or "RGB")
     1. grey -> 3 channels by repeating the grey value (`channel_order`)
     2. `pad`: zero border to pad.size, centred (floor of the odd pixel on the left/top)
+    2b. `crop` (when not null, and the image is not already input_size): keep the centred
+       square of side round(crop.ratio x shorter side), the ImageNet "resize 256, crop 224"
+       done as one crop then one resize (`data.eval_crop_ratio`)
     3. `resize` to input_size x input_size when the size differs: bilinear, antialiased,
        aspect ratio not kept, rounded back to uint8
     4. x = (pixel / `pixel_scale`[1] - mean[c]) / std[c], float32, `mean_std_scale` "0..1"
@@ -42,6 +45,7 @@ def build_contract(payload: Mapping[str, Any]) -> dict[str, Any]:
     dataset = str((recipe.get("data") or {}).get("dataset") or payload.get("dataset") or "")
     size = int(payload["input_size"])
     grey = _GREY_PADDED.get(dataset.replace("_", "-").lower())
+    crop_ratio = (recipe.get("data") or {}).get("eval_crop_ratio")
     contract: dict[str, Any] = {
         "format": CONTRACT_FORMAT,
         "dataset": dataset or None,
@@ -52,6 +56,8 @@ def build_contract(payload: Mapping[str, Any]) -> dict[str, Any]:
         "channel_order": "RGB (grey repeated into R, G and B)" if grey else "RGB",
         "pad": {"size": [grey[1], grey[1]], "value": 0, "align": "centre", "raw_size": [grey[0], grey[0]]}
         if grey else None,
+        "crop": {"ratio": float(crop_ratio), "align": "centre", "shape": "square of ratio x shorter side",
+                 "when": "size differs from input_size"} if crop_ratio is not None else None,
         "resize": {"when": "size differs from input_size", "method": "bilinear", "antialias": True,
                    "keep_aspect": False, "round_to": "uint8"},
         "pixel_scale": [0, 255],
@@ -88,8 +94,14 @@ def preprocess(raw: np.ndarray, contract: Mapping[str, Any]) -> np.ndarray:
         out = np.full((n, th, tw, c), pad.get("value", 0), dtype=np.uint8)
         out[:, top:top + h, left:left + w] = x
         x = out
-    chw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     size = tuple(contract["input_size"])
+    crop = contract.get("crop")
+    if crop and tuple(x.shape[1:3]) != size:
+        h, w = x.shape[1:3]
+        side = max(1, round(min(h, w) * float(crop["ratio"])))
+        top, left = (h - side) // 2, (w - side) // 2
+        x = x[:, top:top + side, left:left + side]
+    chw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     if tuple(chw.shape[-2:]) != size:
         chw = resize_uint8(chw, size)
     lo, hi = contract["pixel_scale"]

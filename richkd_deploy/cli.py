@@ -164,10 +164,64 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
 @click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="processes on this machine, each running a share of the images (launches torchrun)")
 @click.option("--quiet", is_flag=True)
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
+              help="validate this ONNX classifier trained elsewhere (no RUN; needs --data)")
+@click.option("--data", "data_root", type=click.Path(file_okay=False),
+              help="with --onnx: image folder (test/ or val/ with one folder per class)")
+@click.option("--reference", type=click.Path(dir_okay=False), help="with --onnx: reference model for relative gates")
+@click.option("--preprocess", "preprocess_file", type=click.Path(dir_okay=False),
+              help="with --onnx: YAML/JSON with input_size, mean, std, pixel_scale, crop_ratio, channel_order")
+@click.option("--input-size", type=click.IntRange(8, 4096), help="with --onnx: default the model's own")
+@click.option("--mean", help="with --onnx: e.g. 0.485,0.456,0.406 (default: the metadata's, else ImageNet's)")
+@click.option("--std", help="with --onnx: e.g. 0.229,0.224,0.225")
+@click.option("--pixel-scale", type=float, help="with --onnx: pixels are divided by this before mean/std (255 or 1)")
+@click.option("--crop-ratio", help="with --onnx: centre crop before resizing, e.g. 0.875, or none")
+@click.option("--channel-order", type=click.Choice(["RGB", "BGR"], case_sensitive=False), help="with --onnx")
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
+              help="with --onnx: a recipe whose validate: section sets gates and corruptions")
+@click.option("--limit", type=click.IntRange(1), help="with --onnx: first N test images only")
+@click.option("--out", type=click.Path(file_okay=False), help="with --onnx: results folder (default MODEL.eval/)")
+@_overrides_option
 def validate(run: str | None, artifacts: tuple[str, ...], calibrate: bool, provider: str, runtime: str,
-             as_json: bool, nproc: int, quiet: bool) -> None:
+             as_json: bool, nproc: int, quiet: bool, onnx_file: str | None, data_root: str | None,
+             reference: str | None, preprocess_file: str | None, input_size: int | None, mean: str | None,
+             std: str | None, pixel_scale: float | None, crop_ratio: str | None, channel_order: str | None,
+             recipe_file: str | None, limit: int | None, out: str | None, overrides: tuple[str, ...]) -> None:
     """Check accuracy, calibration and corruption robustness of the exported artifacts
-    against the recipe's gates. Exit 0 if every gate holds, 1 if one fails."""
+    against the recipe's gates. Exit 0 if every gate holds, 1 if one fails.
+
+    With --onnx MODEL --data DIR: the same checks for a model trained elsewhere."""
+    log = (lambda m: None) if (quiet or as_json) else click.echo
+    if onnx_file is not None or data_root is not None:
+        if not (onnx_file and data_root) or run:
+            raise RichKDError("validate --onnx MODEL needs --data DIR and no RUN folder")
+        if provider not in ("cpu", "cuda", "tensorrt") or runtime != "onnxruntime" or artifacts or calibrate \
+                or nproc > 1:
+            raise RichKDError("validate --onnx runs onnxruntime (--provider cpu/cuda/tensorrt) in one process; "
+                              "--artifact, --calibrate, --runtime and --nproc apply to run folders")
+        from richkd_deploy.evaluate.external import load_preprocess_file, validate_onnx
+
+        pre = load_preprocess_file(preprocess_file) if preprocess_file else {}
+
+        def floats(text: str | None, what: str) -> list[float] | None:
+            if text is None:
+                return None
+            try:
+                return [float(v) for v in text.replace(" ", ",").split(",") if v]
+            except ValueError:
+                raise RichKDError(f"{what} {text!r}: give numbers separated by commas, e.g. 0.5,0.5,0.5") from None
+
+        flags = {"input_size": input_size, "mean": floats(mean, "--mean"), "std": floats(std, "--std"),
+                 "pixel_scale": pixel_scale, "crop_ratio": crop_ratio,
+                 "channel_order": channel_order.upper() if channel_order else None}
+        pre.update({k: v for k, v in flags.items() if v is not None})
+        results = validate_onnx(onnx_file, data_root, reference=reference, preprocess=pre, recipe_file=recipe_file,
+                                overrides=overrides, out=out, provider=provider, limit=limit, quiet=quiet, log=log)
+        if as_json:
+            click.echo(json.dumps(results, indent=2, default=str))
+        raise SystemExit(results["exit_code"])
+    if overrides:
+        raise RichKDError("validate -o applies with --onnx; a run's recipe is the one it was trained with")
     from exporters.calibrated import export_calibrated
     from richkd_deploy.dist import DistContext
     from richkd_deploy.evaluate import distributed

@@ -218,6 +218,8 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
             "Frost uses procedurally generated textures (the reference frost images were not available): "
             "frost accuracies are not comparable with published corruption benchmarks."
         )
+    if ds.get("calibration"):
+        notes.append(f"Calibration: {ds['calibration']}.")
     return notes
 
 
