@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,28 @@ def validate_clip_cache(clip_dir: Path, fingerprint: dict[str, Any] | None = Non
     return None
 
 
+@contextlib.contextmanager
+def cache_arrays(clip_dir: Path, n: int, num_classes: int, feature_dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The cache's logits and features as writable memmaps under temporary names; they
+    are renamed to their final names only when the block completes, and removed
+    otherwise, so a killed or failed build never leaves a cache that looks whole."""
+    tmp_logits = clip_dir / f".{LOGITS_FILE}.{os.getpid()}.tmp"
+    tmp_feats = clip_dir / f".{FEATURES_FILE}.{os.getpid()}.tmp"
+    try:
+        logits_mm = np.lib.format.open_memmap(tmp_logits, mode="w+", dtype=np.float32, shape=(n, num_classes))
+        feats_mm = np.lib.format.open_memmap(tmp_feats, mode="w+", dtype=FEATURE_DTYPE, shape=(n, feature_dim))
+        yield logits_mm, feats_mm
+        logits_mm.flush()
+        feats_mm.flush()
+        del logits_mm, feats_mm
+        os.replace(tmp_logits, clip_dir / LOGITS_FILE)
+        os.replace(tmp_feats, clip_dir / FEATURES_FILE)
+    finally:
+        for tmp in (tmp_logits, tmp_feats):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
 def build_clip_cache(loaded: LoadedClip, head: ZeroShotHead, train_ds: Any, clip_dir: Path,
                      fingerprint: dict[str, Any], device: torch.device | str = "cpu", batch_size: int = 128,
                      num_workers: int = 0, log: Log | None = None, quiet: bool = False, force: bool = False) -> bool:
@@ -204,14 +226,10 @@ def build_clip_cache(loaded: LoadedClip, head: ZeroShotHead, train_ds: Any, clip
     with contextlib.suppress(FileNotFoundError):
         (clip_dir / META_FILE).unlink()
     n, k, d = len(train_ds), head.num_classes, loaded.embed_dim
-    tmp_logits = clip_dir / f".{LOGITS_FILE}.{os.getpid()}.tmp"
-    tmp_feats = clip_dir / f".{FEATURES_FILE}.{os.getpid()}.tmp"
     t0 = time.perf_counter()
     correct = 0
     labels = np.asarray(train_ds.labels, dtype=np.int64)
-    try:
-        logits_mm = np.lib.format.open_memmap(tmp_logits, mode="w+", dtype=np.float32, shape=(n, k))
-        feats_mm = np.lib.format.open_memmap(tmp_feats, mode="w+", dtype=FEATURE_DTYPE, shape=(n, d))
+    with cache_arrays(clip_dir, n, k, d) as (logits_mm, feats_mm):
         written = np.zeros(n, dtype=bool)
         for idx, feats in encode_dataset(loaded, train_ds, range(n), device, batch_size, num_workers,
                                          "CLIP cache", quiet):
@@ -224,15 +242,6 @@ def build_clip_cache(loaded: LoadedClip, head: ZeroShotHead, train_ds: Any, clip
         if not written.all():
             raise ClipCacheError(f"CLIP cache build covered {int(written.sum())} of {n} images; the dataset "
                                  "returned fewer items than its length: check the data folder")
-        logits_mm.flush()
-        feats_mm.flush()
-        del logits_mm, feats_mm
-        os.replace(tmp_logits, clip_dir / LOGITS_FILE)
-        os.replace(tmp_feats, clip_dir / FEATURES_FILE)
-    finally:
-        for tmp in (tmp_logits, tmp_feats):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
     write_cache_meta(clip_dir, fingerprint, n, d, correct, time.perf_counter() - t0, say)
     return True
 

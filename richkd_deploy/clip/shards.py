@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,10 +35,9 @@ import torch
 from richkd_deploy import faults
 from richkd_deploy.clip.cache import (
     FEATURE_DTYPE,
-    FEATURES_FILE,
-    LOGITS_FILE,
     META_FILE,
     ClipCacheError,
+    cache_arrays,
     validate_clip_cache,
     write_cache_meta,
 )
@@ -171,24 +169,11 @@ def assemble_shards(clip_dir: Path, fingerprint: dict[str, Any], n: int, num_cla
         time.sleep(poll_s)
     with contextlib.suppress(FileNotFoundError):
         (clip_dir / META_FILE).unlink()
-    tmp_logits = clip_dir / f".{LOGITS_FILE}.{os.getpid()}.tmp"
-    tmp_feats = clip_dir / f".{FEATURES_FILE}.{os.getpid()}.tmp"
-    try:
-        logits_mm = np.lib.format.open_memmap(tmp_logits, mode="w+", dtype=np.float32, shape=(n, num_classes))
-        feats_mm = np.lib.format.open_memmap(tmp_feats, mode="w+", dtype=FEATURE_DTYPE, shape=(n, feature_dim))
+    with cache_arrays(clip_dir, n, num_classes, feature_dim) as (logits_mm, feats_mm):
         for i, (a, b) in enumerate(plan):
             logits_p, feats_p, _ = _paths(shard_dir, i)
             logits_mm[a:b] = np.load(logits_p, mmap_mode="r")
             feats_mm[a:b] = np.load(feats_p, mmap_mode="r")
-        logits_mm.flush()
-        feats_mm.flush()
-        del logits_mm, feats_mm
-        os.replace(tmp_logits, clip_dir / LOGITS_FILE)
-        os.replace(tmp_feats, clip_dir / FEATURES_FILE)
-    finally:
-        for tmp in (tmp_logits, tmp_feats):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
     correct = sum(int(m["correct"]) for m in metas.values())
     elapsed = time.perf_counter() - (started if started is not None else time.perf_counter())
     write_cache_meta(clip_dir, fingerprint, n, feature_dim, correct, elapsed, log,

@@ -13,15 +13,13 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import helper, numpy_helper
 
 from exporters.pipeline import export_run
-from richkd_deploy import data, models, recipe
 from richkd_deploy.deps import available
 from richkd_deploy.evaluate.harness import validate_run
 from richkd_deploy.manifest import add_artifact, read_manifest
-from richkd_deploy.student import STUDENT_FORMAT
+from tests.exporters.helpers import make_run
 
 
 def _quiet(_msg: str) -> None:
@@ -29,23 +27,12 @@ def _quiet(_msg: str) -> None:
 
 
 def _make_run(root: Path) -> Path:
-    r = recipe.from_dict({
+    return make_run(root, recipe_data={
         "name": "exp", "data": {"dataset": "synthetic", "test_limit": 300, "train_limit": 300},
         "student": {"arch": "resnet8"}, "distill": {"method": "vanilla"},
         "export": {"calibration_images": 64, "parity_images": 64},
         "validate": {"batch_size": 128, "corruptions": {"names": ["gaussian_noise"], "severities": [1],
                                                         "samples": 40}}})
-    torch.manual_seed(0)
-    model = models.create_model("resnet8", num_classes=10)
-    mean, std = data.default_mean_std("synthetic")
-    payload = {"format": STUDENT_FORMAT, "model": model.state_dict(), "arch": "resnet8", "num_classes": 10,
-               "classes": data.class_names("synthetic"), "input_size": 32, "channels": 3, "mean": list(mean),
-               "std": list(std), "recipe": r.to_dict(), "recipe_hash": r.hash(), "clip_random": False, "clip": None,
-               "method": "vanilla", "temperature": None}
-    root.mkdir(parents=True)
-    torch.save(payload, root / "student.pt")
-    (root / "recipe.yaml").write_text(r.to_yaml())
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -70,13 +70,15 @@ def listed_files_ok(export_dir: Path) -> bool:
     return True
 
 
-def make_run(root: Path, arch: str = "resnet8") -> Path:
-    """A run folder as `richkd-deploy train` leaves it (random weights, synthetic data)."""
+def make_run(root: Path, arch: str = "resnet8", recipe_data: dict | None = None) -> Path:
+    """A run folder as `richkd-deploy train` leaves it (random weights, synthetic data);
+    `recipe_data` replaces the default recipe (its student.arch must be `arch`)."""
     from richkd_deploy import data, models, recipe
 
-    r = recipe.from_dict({"name": "exp", "data": {"dataset": "synthetic", "test_limit": 200, "train_limit": 300},
-                          "student": {"arch": arch}, "distill": {"method": "vanilla"},
-                          "export": {"calibration_images": 64, "parity_images": 64}})
+    r = recipe.from_dict(recipe_data or {
+        "name": "exp", "data": {"dataset": "synthetic", "test_limit": 200, "train_limit": 300},
+        "student": {"arch": arch}, "distill": {"method": "vanilla"},
+        "export": {"calibration_images": 64, "parity_images": 64}})
     torch.manual_seed(0)
     model = models.create_model(arch, num_classes=10)
     mean, std = data.default_mean_std("synthetic")
