@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ._common import (
     CODE_LEVELS,
@@ -30,6 +31,9 @@ DEFOCUS = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))
 GLASS = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))  # sigma, max_delta, iterations
 MOTION = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))  # radius, sigma
 GAUSSIAN_BLUR = (1, 2, 3, 4, 6)
+# grey levels added before truncating an FFT blur: the reference's flat regions come
+# out a hair below their integer value (float32 kernel weights), FFT noise is ~1e-5
+FFT_EPS = -1e-4
 
 
 def _zoom_factors(severity: int) -> np.ndarray:
@@ -89,10 +93,63 @@ def _defocus_op(severity: int, h: int, w: int) -> Separable:
     return Separable(rows, cols)
 
 
+FFT_CHUNK_VALUES = 1 << 21  # floats per FFT chunk (8 MB of spectra): cache-sized, twice as fast as one batch
+
+
+@lru_cache(maxsize=64)
+def _defocus_spectrum(severity: int, h: int, w: int) -> tuple[int, int, int, torch.Tensor]:
+    """(pad, fft_h, fft_w, rfft2 of the disk kernel centred at the origin).
+
+    The image is padded by the kernel's half width with REFLECT_101 borders (as
+    cv2.filter2D) and the FFT size leaves room for the kernel, so the circular
+    convolution equals the linear one on every output pixel.
+    """
+    radius, alias = DEFOCUS[severity - 1]
+    # the reference's kernel is float32 (its weights sum to slightly off 1, which
+    # decides the truncation of flat regions); filter2D then works in float64
+    kernel = torch.from_numpy(_disk_kernel(radius, alias).astype(np.float32).astype(np.float64))
+    pad = kernel.shape[0] // 2
+    fh, fw = (_fft_size(side + 2 * pad) for side in (h, w))
+    full = torch.zeros((fh, fw), dtype=torch.float64)
+    full[: kernel.shape[0], : kernel.shape[1]] = kernel
+    full = torch.roll(full, (-pad, -pad), dims=(0, 1))
+    return pad, fh, fw, torch.fft.rfft2(full).to(torch.complex64)
+
+
+def _fft_size(n: int) -> int:
+    """Smallest 2**a * 3**b * 5**c >= n (fast FFT lengths)."""
+    best = 1 << (n - 1).bit_length()
+    for a in (1, 3, 5, 9, 15, 25, 27, 45, 75, 81, 125, 135, 225):
+        m = a
+        while m < n:
+            m *= 2
+        best = min(best, m)
+    return best
+
+
 def defocus_blur(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """Disk (lens defocus) blur; ``cv2.filter2D`` with REFLECT_101 borders."""
+    """Disk (lens defocus) blur; ``cv2.filter2D`` with REFLECT_101 borders.
+
+    Small images: a low-rank separable operator. Large ones: FFT convolution in
+    cache-sized chunks, whose cost does not grow with the disk (the separable
+    form needs up to five pairs of full-side products per pixel at 224 px).
+    A tiny offset before truncation (`FFT_EPS`) puts flat regions on the same
+    side of their integer level as the reference, not on the FFT's rounding noise.
+    """
     h, w = images.shape[-2:]
-    return to_uint8(_defocus_op(severity, h, w).apply(_float(images)), clamp=False)
+    if h * w <= Separable.DENSE_MAX_PIXELS:
+        return to_uint8(_defocus_op(severity, h, w).apply(_float(images)), clamp=False)
+    pad, fh, fw, spectrum = _defocus_spectrum(severity, h, w)
+    spectrum = spectrum.to(images.device)
+    out = torch.empty_like(images)
+    chunk = max(1, FFT_CHUNK_VALUES // (images.shape[1] * fh * fw))
+    for start in range(0, images.shape[0], chunk):
+        x = F.pad(_float(images[start : start + chunk]), (pad, pad, pad, pad), mode="reflect")
+        freq = torch.fft.rfft2(x, s=(fh, fw))
+        freq *= spectrum
+        y = torch.fft.irfft2(freq, s=(fh, fw))[..., pad : pad + h, pad : pad + w]
+        out[start : start + chunk] = to_uint8(y.add_(FFT_EPS), clamp=True)
+    return out
 
 
 # ---------------------------------------------------------------------- zoom
@@ -126,10 +183,47 @@ def _clipped_zoom_matrix(size: int, zoom: float, keep: int | None = None) -> np.
     return full
 
 
+def _zoom_crops(severity: int, h: int, w: int) -> list[tuple[int, int, int, int, int, int]] | None:
+    """Per zoom factor: (top, crop_h, out_h, left, crop_w, out_w) of the reference's
+    ``clipped_zoom``, or None when a zoomed copy would be smaller than the image
+    (the reference's exception path; the matrix form handles it)."""
+    crops = []
+    for z in _zoom_factors(severity):
+        ch, cw = int(np.ceil(h / float(z))), int(np.ceil(w / float(z)))
+        oh, ow = int(round(ch * float(z))), int(round(cw * float(z)))
+        if oh < h or ow < w or ch < 2 or cw < 2:
+            return None
+        crops.append(((h - ch) // 2, ch, oh, (w - cw) // 2, cw, ow))
+    return crops
+
+
+ZOOM_CHUNK_VALUES = 1 << 19  # floats per chunk (2 MB): the running sum and a zoomed copy stay in cache
+
+
 def zoom_blur(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """Zoom (radial) blur: mean of the image and copies zoomed about the centre."""
+    """Zoom (radial) blur: mean of the image and copies zoomed about the centre.
+
+    Small images: one dense operator. Large ones: each zoomed copy is the
+    reference's order-1 ``scipy.ndimage.zoom`` (grid_mode=False), i.e. a bilinear
+    resize with aligned corners of the centre crop, four taps per pixel instead
+    of a dense separable product (which costs two image sides per pixel and term);
+    the batch goes in chunks so the running sum stays in cache.
+    """
     h, w = images.shape[-2:]
-    return to_uint8(_zoom_op(severity, h, w).apply(_float(images)), clamp=False)
+    crops = None if h * w <= Separable.DENSE_MAX_PIXELS else _zoom_crops(severity, h, w)
+    if crops is None:
+        return to_uint8(_zoom_op(severity, h, w).apply(_float(images)), clamp=False)
+    scale = 1.0 / (len(crops) + 1)
+    out = torch.empty_like(images)
+    chunk = max(1, ZOOM_CHUNK_VALUES // images[0].numel())
+    for start in range(0, images.shape[0], chunk):
+        x = _float(images[start : start + chunk])
+        acc = x.clone()
+        for top, ch, oh, left, cw, ow in crops:
+            layer = F.interpolate(x[..., top : top + ch, left : left + cw], size=(oh, ow), mode="bilinear", align_corners=True)
+            acc += layer[..., :h, :w]
+        out[start : start + chunk] = to_uint8(acc.mul_(scale), clamp=False)
+    return out
 
 
 # -------------------------------------------------------------------- motion
