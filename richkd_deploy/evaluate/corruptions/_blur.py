@@ -250,16 +250,20 @@ def motion_taps(radius: int, sigma: float, angles: np.ndarray, h: int, w: int) -
     return rows, cols, np.where(inside, k, 0.0)
 
 
-def _filters(along: np.ndarray, cross: np.ndarray, weights: np.ndarray, shear: np.ndarray, length: int) -> torch.Tensor:
-    """Per-image matrices F_e[x, x'] (e = -1, 0, 1) for the taps that stay inside the blur axis.
+def _filters(along: np.ndarray, cross: np.ndarray, weights: np.ndarray, shear: np.ndarray, length: int,
+             band: int, starts: np.ndarray, span: int) -> torch.Tensor:
+    """Per-image matrices F_e[x, x'] (e = -1, 0, 1) for the taps that stay inside the blur axis,
+    cut into bands: block t holds output lines [t*band, (t+1)*band) and input lines
+    [starts[t], starts[t] + span), the only ones its taps reach.
 
     Tap (a, b) at output x reads line x' = x + a at cross offset b; the sheared
     layout supplies cross offset shear[x'] - shear[x], and the residual
     e = b - (shear[x'] - shear[x]) is always -1, 0 or 1 (|slope| <= 1 and
     both offsets are rounded within half a pixel), so three shifted views
-    reproduce the reference's offsets exactly. Returns float32 [3, N, L, L].
+    reproduce the reference's offsets exactly. Returns float32 [3, T, N, band, span].
     """
     n = along.shape[0]
+    blocks = len(starts)
     x = np.arange(length, dtype=np.int64)[None, :, None]
     src = x + along[:, None, :]  # [N, L, T]
     inside = (src >= 0) & (src < length) & (weights[:, None, :] > 0)
@@ -268,10 +272,34 @@ def _filters(along: np.ndarray, cross: np.ndarray, weights: np.ndarray, shear: n
     e = cross[img, tap] - (shear[img, src] - shear[img, xs])
     if np.any(np.abs(e) > 1):  # impossible for |slope| <= 1; keep the filters honest if not
         raise AssertionError("motion blur residual offset outside [-1, 1]")
-    flat = (((e + 1) * n + img) * length + xs) * length + src
-    out = torch.zeros(3 * n * length * length, dtype=torch.float32)
+    block = xs // band
+    col = src - starts[block]
+    if np.any((col < 0) | (col >= span)):
+        raise AssertionError("motion blur tap outside its band")
+    flat = (((((e + 1) * blocks + block) * n + img) * band + xs % band) * span) + col
+    out = torch.zeros(3 * blocks * n * band * span, dtype=torch.float32)
     out.index_add_(0, torch.from_numpy(flat), torch.from_numpy(weights[img, tap].astype(np.float32)))
-    return out.view(3, n, length, length)
+    return out.view(3, blocks, n, band, span)
+
+
+MOTION_BAND = 32  # output lines per block of the banded line filters
+
+
+def _bands(along: np.ndarray, weights: np.ndarray, length: int) -> tuple[int, np.ndarray, int]:
+    """(band, first input line per block, input lines per block) for the line filters.
+
+    A block of `band` output lines reads only the lines its taps reach, so each
+    batched product has `band + reach` columns instead of the whole axis.
+    """
+    used = along[weights > 0] if np.any(weights > 0) else np.zeros(1, dtype=np.int64)
+    lo, hi = int(min(used.min(), 0)), int(max(used.max(), 0))
+    band = min(MOTION_BAND, length)
+    span = band + hi - lo
+    if span >= length or band >= length:
+        return length, np.zeros(1, dtype=np.int64), length
+    blocks = -(-length // band)
+    starts = np.clip(np.arange(blocks) * band + lo, 0, length - span)
+    return band, starts.astype(np.int64), span
 
 
 def _edge_terms(xt: torch.Tensor, along: np.ndarray, cross: np.ndarray, weights: np.ndarray) -> torch.Tensor:
@@ -321,10 +349,17 @@ def _line_blur(xt: torch.Tensor, along: np.ndarray, cross: np.ndarray, weights: 
     z = torch.gather(xt, 3, torch.from_numpy(src).to(dev)[:, :, None, :].expand(n, length, ch, ext + 2))
     z = z.view(n, length, ch * (ext + 2))
     width = ch * (ext + 2) - 2
-    filters = _filters(along, cross, weights, shear, length).to(dev)
-    sheared = torch.bmm(filters[1], z[:, :, 1 : 1 + width])  # column j: channel j // (ext+2), r = j % (ext+2)
-    sheared.baddbmm_(filters[0], z[:, :, :width])
-    sheared.baddbmm_(filters[2], z[:, :, 2 : 2 + width])
+    band, starts, reads = _bands(along, weights, length)
+    filters = _filters(along, cross, weights, shear, length, band, starts, reads).to(dev)
+    # column j of `sheared`: channel j // (ext+2), r = j % (ext+2)
+    sheared = torch.empty((n, length, width), dtype=xt.dtype, device=dev)
+    for t, lo in enumerate(starts.tolist()):
+        rows = min(band, length - t * band)
+        zt = z[:, lo : lo + reads]
+        block = torch.bmm(filters[1, t], zt[:, :, 1 : 1 + width])
+        block.baddbmm_(filters[0, t], zt[:, :, :width])
+        block.baddbmm_(filters[2, t], zt[:, :, 2 : 2 + width])
+        sheared[:, t * band : t * band + rows] = block[:, :rows]
     # out[n, x, c, y] = sheared[n, x, c*(ext+2) + y + span - shear[x]]
     back = np.arange(ch)[None, None, :, None] * (ext + 2) + np.arange(side) + (span - shear)[:, :, None, None]
     out = torch.gather(sheared, 2, torch.from_numpy(back.reshape(n, length, -1)).to(dev))
