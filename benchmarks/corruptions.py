@@ -19,7 +19,11 @@ image, so `--ref-n K` times it on the first K of the N images and scales by N/K
 (labelled); the strength per cell is the mean absolute pixel change from the clean
 image under ours and under the reference on those same K images, and their ratio.
 
-    python benchmarks/corruptions.py --size 224 --n 200 --ref-n 20
+    python benchmarks/corruptions.py --size 224 --n 200 --ref-n 2 --strength-n 24
+
+`--strength-n K` compares the strengths on the first K images instead (the
+reference runs untimed on the extra ones): a random corruption's strength on two
+images is mostly the luck of its draws (frost's texture, fog's fractal).
 
 Fidelity: accuracy of a classifier on the same 2,000 test images under our
 corruption and under the reference's, per corruption and severity, with the
@@ -47,8 +51,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numpy/torch start their OpenMP runtimes
 
 import argparse  # noqa: E402
-import gzip  # noqa: E402
-import importlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -60,64 +62,21 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from corruption_helpers import (  # noqa: E402
+    FASHION_DIR,
+    fidelity_table,
+    load_images,
+    load_predict,
+    print_fidelity,
+    reference_corrupt,
+    reference_module,
+)
+
 from richkd_deploy.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt, frost_source  # noqa: E402
 from richkd_deploy.evaluate.latency import describe_machine, machine_info  # noqa: E402
-
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-Predict = Callable[[torch.Tensor], Any]
-
-
-# --------------------------------------------------------------------- data
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (plain or .gz)."""
-    for candidate in (path, path.with_name(path.name + ".gz")):
-        if candidate.is_file():
-            opener = gzip.open if candidate.suffix == ".gz" else open
-            with opener(candidate, "rb") as f:
-                raw = f.read()
-            ndim = raw[3]
-            dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-            return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-    raise FileNotFoundError(path)
-
-
-def load_images(n: int, data_dir: Path = FASHION_DIR, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The first n Fashion-MNIST test images as uint8 [n, 3, size, size] (zero-padded to
-    32, grey repeated to RGB, upsampled bilinearly when size > 32) with labels; random
-    images and -1 labels when the files are missing."""
-    if size != 32:
-        from richkd_deploy.data.transforms import resize_uint8
-
-        x, y, source = load_images(n, data_dir)
-        return resize_uint8(x, size).contiguous(), y, f"{source}, upsampled to {size}x{size}"
-    try:
-        images = _read_idx(data_dir / "t10k-images-idx3-ubyte")[:n]
-        labels = _read_idx(data_dir / "t10k-labels-idx1-ubyte")[:n]
-    except FileNotFoundError:
-        gen = torch.Generator().manual_seed(0)
-        return torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8), torch.full((n,), -1), "random"
-    x = torch.from_numpy(np.pad(images, ((0, 0), (2, 2), (2, 2))).copy())
-    return x[:, None].repeat(1, 3, 1, 1), torch.from_numpy(labels.astype(np.int64)), f"fashion-mnist test ({data_dir})"
-
-
-# ---------------------------------------------------------------- reference
-
-
-def reference_module() -> Any | None:
-    try:
-        return importlib.import_module("imagecorruptions")
-    except ImportError:
-        return None
-
-
-def reference_corrupt(ref: Any, images: torch.Tensor, name: str, severity: int) -> torch.Tensor:
-    """The reference applied image by image (HWC numpy), back to a uint8 NCHW tensor."""
-    hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
-    out = np.stack([ref.corrupt(im, corruption_name=name, severity=severity) for im in hwc])
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
 
 # -------------------------------------------------------------------- speed
 
@@ -142,16 +101,22 @@ def time_suite(
     cold: bool = False,
     ref_n: int | None = None,
     device: str = "cpu",
+    strength_n: int | None = None,
 ) -> dict[str, Any]:
     """Per-cell wall and CPU seconds for the reference (if installed) and for ours.
 
     `cold`: our first call per cell is the timed one (validate's situation), and the
     strength (mean |corrupted - clean|) of both is recorded. `ref_n`: the reference
-    is timed on the first `ref_n` images and scaled to all of them (it is per image)."""
+    is timed on the first `ref_n` images and scaled to all of them (it is per image).
+    `strength_n`: the strengths are compared on the first `strength_n` images (at
+    least `ref_n`; the reference runs untimed on the extra ones), because a random
+    corruption's strength on two images is mostly the luck of the draw."""
     ref = reference_module() if ref_severities is not None else None
+    np.random.seed(seed)  # the reference draws from numpy's global generator
     cells = []
     warm = images[:4]
     k = min(ref_n or len(images), len(images))
+    ks = min(max(strength_n or k, k), len(images))
     ref_images, scale = images[:k], len(images) / k
     dev_images = images.to(device)
 
@@ -174,11 +139,14 @@ def time_suite(
                 wall, cpu, theirs = _timed_out(partial(reference_corrupt, ref, ref_images, name, severity))
                 cell["ref_wall"], cell["ref_cpu"] = wall * scale, cpu * scale
                 if cold:
-                    cell["strength_ours"] = _strength(out[:k], ref_images)
-                    cell["strength_ref"] = _strength(theirs, ref_images)
+                    if ks > k:
+                        theirs = torch.cat([theirs, reference_corrupt(ref, images[k:ks], name, severity)])
+                    cell["strength_ours"] = _strength(out[:ks], images[:ks])
+                    cell["strength_ref"] = _strength(theirs, images[:ks])
             cells.append(cell)
             print(f"  {name:18s} s{severity}  " + _cell_text(cell), flush=True)
-    return {"cells": cells, "reference_installed": ref is not None, "ref_images_timed": k if ref else None}
+    return {"cells": cells, "reference_installed": ref is not None, "ref_images_timed": k if ref else None,
+            "strength_images": ks if ref and cold else None}
 
 
 def _timed_out(fn: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -248,102 +216,14 @@ def print_speed(summary: dict[str, Any], n: int) -> None:
         print("   (reference not timed)")
 
 
-def print_strength(cells: Sequence[dict[str, Any]]) -> None:
+def print_strength(cells: Sequence[dict[str, Any]], images: int | None = None) -> None:
     """Per corruption: the speed ratio and strength ratio (ours / reference) per severity."""
-    print("\nper cell: speed ratio ref/ours | strength ratio ours/ref (mean |pixel change|)")
+    on = f", strength on {images} images" if images else ""
+    print(f"\nper cell, severities 1-5: speed ratio ref/ours | strength ratio ours/ref (mean |pixel change|){on}")
     for name in dict.fromkeys(c["name"] for c in cells):
         row = [c for c in cells if c["name"] == name and "strength_ref" in c]
         print(f"  {name:18s} " + " ".join(f"{c['ref_wall'] / c['ours_wall']:6.1f}x|{c['strength_ours'] / max(c['strength_ref'], 1e-9):4.2f}"
                                          for c in row))
-
-
-# ----------------------------------------------------------------- fidelity
-
-
-def onnx_predict(path: str | Path, mean: Sequence[float], std: Sequence[float], batch: int = 500) -> Predict:
-    """predict(uint8 NCHW) -> numpy logits with an onnxruntime CPU session."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-
-    def predict(images: torch.Tensor) -> np.ndarray:
-        x = images.cpu().numpy().astype(np.float32)
-        outs = [session.run(None, {input_name: (x[i : i + batch] - m) / s})[0] for i in range(0, len(x), batch)]
-        return np.concatenate(outs)
-
-    return predict
-
-
-def load_predict(spec: str, mean: Sequence[float], std: Sequence[float]) -> Predict:
-    """An ONNX path, or 'module:attribute' naming a predict callable."""
-    if spec.endswith(".onnx") or Path(spec).is_file():
-        return onnx_predict(spec, mean, std)
-    module, _, attr = spec.partition(":")
-    if not attr:
-        raise SystemExit(f"--model must be an .onnx file or module:attribute, got {spec!r}")
-    return getattr(importlib.import_module(module), attr)
-
-
-def accuracy(predict: Predict, images: torch.Tensor, labels: torch.Tensor) -> float:
-    logits = predict(images)
-    logits = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
-    return float(np.mean(logits.argmax(axis=1) == labels.numpy()))
-
-
-def fidelity_table(
-    predict: Predict,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    names: Sequence[str],
-    severities: Sequence[int],
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Accuracy (in %) under ours, under the reference, and under ours with another seed."""
-    ref = reference_module()
-    if ref is None:
-        raise SystemExit("fidelity needs the reference implementation: pip install imagecorruptions-imaug")
-    np.random.seed(seed)
-    cells = []
-    for name in names:
-        for severity in severities:
-            ours = 100 * accuracy(predict, corrupt(images, name, severity, seed), labels)
-            again = 100 * accuracy(predict, corrupt(images, name, severity, seed + 1), labels)
-            theirs = 100 * accuracy(predict, reference_corrupt(ref, images, name, severity), labels)
-            cells.append({"name": name, "severity": severity, "ours": ours, "reference": theirs, "ours_other_seed": again, "diff": ours - theirs})
-            print(f"  {name:18s} s{severity}  ours {ours:6.2f}  ref {theirs:6.2f}  diff {ours - theirs:+6.2f}  (seed+1 {again:6.2f})", flush=True)
-    diffs = np.array([abs(c["diff"]) for c in cells])
-    floor = np.array([abs(c["ours"] - c["ours_other_seed"]) for c in cells])
-    worst = max(cells, key=lambda c: abs(c["diff"]))
-    per = {name: float(np.mean([abs(c["diff"]) for c in cells if c["name"] == name])) for name in names}
-    return {
-        "clean_accuracy": 100 * accuracy(predict, images, labels),
-        "cells": cells,
-        "mean_abs_diff": float(diffs.mean()),
-        "max_abs_diff": float(diffs.max()),
-        "max_cell": {"name": worst["name"], "severity": worst["severity"], "diff": worst["diff"]},
-        "per_corruption_mean_abs_diff": per,
-        "seed_to_seed_mean_abs_diff": float(floor.mean()),
-        "seed_to_seed_max_abs_diff": float(floor.max()),
-    }
-
-
-def print_fidelity(table: dict[str, Any], severities: Sequence[int]) -> None:
-    print(f"\naccuracy (%) ours / reference, clean {table['clean_accuracy']:.2f}")
-    print(f"  {'corruption':18s} " + " ".join(f"{'s' + str(s):>13s}" for s in severities) + "   mean|d|")
-    for name, mean_diff in table["per_corruption_mean_abs_diff"].items():
-        row = [c for c in table["cells"] if c["name"] == name]
-        print(f"  {name:18s} " + " ".join(f"{c['ours']:6.2f}/{c['reference']:6.2f}" for c in row) + f"   {mean_diff:6.2f}")
-    worst = table["max_cell"]
-    print(
-        f"\nmean |ours - ref| over {len(table['cells'])} cells: {table['mean_abs_diff']:.2f} points; "
-        f"max {table['max_abs_diff']:.2f} ({worst['name']} s{worst['severity']}, {worst['diff']:+.2f}); "
-        f"seed-to-seed noise floor: mean {table['seed_to_seed_mean_abs_diff']:.2f}, max {table['seed_to_seed_max_abs_diff']:.2f}"
-    )
 
 
 # --------------------------------------------------------------------- main
@@ -364,6 +244,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "per cell (default 32)")
     p.add_argument("--ref-n", type=int, default=None, help="time the reference on the first K images and scale "
                    "to --n (labelled; it runs image by image)")
+    p.add_argument("--strength-n", type=int, default=None, help="edge mode: compare strengths on the first K "
+                   "images (default: the --ref-n timed ones; the reference runs untimed on the rest)")
     p.add_argument("--device", default="cpu", help="run ours on this torch device (e.g. cuda)")
     p.add_argument("--names", default=",".join(CORRUPTIONS), help="comma-separated corruptions (default: the 15)")
     p.add_argument("--severities", type=_ints, default=list(SEVERITIES), help="default 1,2,3,4,5")
@@ -406,14 +288,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               + (f" on the first {min(args.ref_n, len(images))} (scaled x{len(images) / min(args.ref_n, len(images)):.1f})"
                  if args.ref_n else "") + ", ours batched" + (", first call per cell included" if cold else ""))
         result = time_suite(images, names, args.severities, ref_sev, args.seed, args.repeat, cold=cold,
-                            ref_n=args.ref_n, device=args.device)
+                            ref_n=args.ref_n, device=args.device, strength_n=args.strength_n)
         if not result["reference_installed"] and ref_sev is not None:
             print("reference implementation (imagecorruptions) not installed: timing ours only")
             ref_sev = None
         summary = summarise_speed(result, names, args.severities, ref_sev)
         print_speed(summary, len(images))
         if cold and result["reference_installed"]:
-            print_strength(result["cells"])
+            print_strength(result["cells"], result["strength_images"])
         report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         report.update({"images": source, "n": len(images), "repeat": args.repeat, "speed": {**result, **summary}})
     if args.json:

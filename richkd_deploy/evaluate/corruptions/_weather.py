@@ -152,18 +152,11 @@ def frost(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Te
     which = torch.randint(0, len(textures), (n,), generator=gen, device=device)
     u = torch.rand(n, 2, generator=gen, device=device, dtype=torch.float64)
     crops = torch.empty((n, 3, h, w), dtype=torch.uint8, device=device)
-    rows = torch.arange(h, device=device)
-    cols = torch.arange(w, device=device)
-    for t, tex in enumerate(textures):
-        sel = torch.nonzero(which == t).flatten()
-        if sel.numel() == 0:
-            continue
-        th, tw = tex.shape[-2:]
-        top = (u[sel, 0] * (th - h)).long()  # randint(0, th - h): the last row never starts a crop
-        left = (u[sel, 1] * (tw - w)).long()
-        r = (top[:, None] + rows)[:, :, None]
-        c = (left[:, None] + cols)[:, None, :]
-        crops[sel] = tex[:, r, c].permute(1, 0, 2, 3)
+    sizes = torch.tensor([tex.shape[-2:] for tex in textures], dtype=torch.float64, device=device)[which]
+    # randint(0, th - h): the last row never starts a crop
+    corners = (u * (sizes - torch.tensor([h, w], dtype=torch.float64, device=device))).long().tolist()
+    for i, (t, (top, left)) in enumerate(zip(which.tolist(), corners, strict=True)):
+        crops[i] = textures[t][:, top : top + h, left : left + w]  # plain slices: no index tensors
     idx = torch.add(crops.to(torch.int32), images, alpha=256)  # pixel * 256 + ice
     return _frost_table(severity, device).index_select(0, idx.view(-1)).view_as(images)
 
