@@ -219,7 +219,7 @@ def print_speed(summary: dict[str, Any], n: int) -> None:
 def print_strength(cells: Sequence[dict[str, Any]], images: int | None = None) -> None:
     """Per corruption: the speed ratio and strength ratio (ours / reference) per severity."""
     on = f", strength on {images} images" if images else ""
-    print(f"\nper cell, severities 1-5: speed ratio ref/ours | strength ratio ours/ref (mean |pixel change|){on}")
+    print(f"\nper cell, by severity: speed ratio ref/ours | strength ratio ours/ref (mean |pixel change|){on}")
     for name in dict.fromkeys(c["name"] for c in cells):
         row = [c for c in cells if c["name"] == name and "strength_ref" in c]
         print(f"  {name:18s} " + " ".join(f"{c['ref_wall'] / c['ours_wall']:6.1f}x|{c['strength_ours'] / max(c['strength_ref'], 1e-9):4.2f}"

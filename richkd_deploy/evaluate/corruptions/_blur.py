@@ -345,25 +345,27 @@ def _line_blur(xt: torch.Tensor, along: np.ndarray, cross: np.ndarray, weights: 
     span = int(shear.max()) if shear.size else 0
     ext = side + span  # sheared length; +2 spare columns per channel for e = -1, +1
     # Z[n, x', c, r] = X[n, x', c, clamp(r - span - 1 + shear[x'])], r in [0, ext + 2)
-    src = np.clip(np.arange(ext + 2)[None, None, :] - span - 1 + shear[:, :, None], 0, side - 1)
-    z = torch.gather(xt, 3, torch.from_numpy(src).to(dev)[:, :, None, :].expand(n, length, ch, ext + 2))
+    # (indices built in torch and shared by the channels through expand: no per-pixel index arrays)
+    shear_t = torch.from_numpy(shear).to(dev)
+    src = (torch.arange(ext + 2, device=dev) - (span + 1))[None, None, :] + shear_t[:, :, None]
+    z = torch.gather(xt, 3, src.clamp_(0, side - 1)[:, :, None, :].expand(n, length, ch, ext + 2))
     z = z.view(n, length, ch * (ext + 2))
     width = ch * (ext + 2) - 2
     band, starts, reads = _bands(along, weights, length)
     filters = _filters(along, cross, weights, shear, length, band, starts, reads).to(dev)
-    # column j of `sheared`: channel j // (ext+2), r = j % (ext+2)
-    sheared = torch.empty((n, length, width), dtype=xt.dtype, device=dev)
+    # column j of `sheared`: channel j // (ext+2), r = j % (ext+2); the last two columns are never read
+    sheared = torch.empty((n, length, ch * (ext + 2)), dtype=xt.dtype, device=dev)
     for t, lo in enumerate(starts.tolist()):
         rows = min(band, length - t * band)
         zt = z[:, lo : lo + reads]
         block = torch.bmm(filters[1, t], zt[:, :, 1 : 1 + width])
         block.baddbmm_(filters[0, t], zt[:, :, :width])
         block.baddbmm_(filters[2, t], zt[:, :, 2 : 2 + width])
-        sheared[:, t * band : t * band + rows] = block[:, :rows]
-    # out[n, x, c, y] = sheared[n, x, c*(ext+2) + y + span - shear[x]]
-    back = np.arange(ch)[None, None, :, None] * (ext + 2) + np.arange(side) + (span - shear)[:, :, None, None]
-    out = torch.gather(sheared, 2, torch.from_numpy(back.reshape(n, length, -1)).to(dev))
-    out += _edge_terms(xt, along, cross, weights)
+        sheared[:, t * band : t * band + rows, :width] = block[:, :rows]
+    # out[n, x, c, y] = sheared[n, x, c, y + span - shear[x]]
+    back = (torch.arange(side, device=dev) + span)[None, None, :] - shear_t[:, :, None]
+    out = torch.gather(sheared.view(n, length, ch, ext + 2), 3, back[:, :, None, :].expand(n, length, ch, side))
+    out += _edge_terms(xt, along, cross, weights).view(n, length, ch, side)
     return out.view(n, length, ch, side)
 
 
