@@ -353,6 +353,16 @@ def _line_blur(xt: torch.Tensor, along: np.ndarray, cross: np.ndarray, weights: 
     width = ch * (ext + 2) - 2
     band, starts, reads = _bands(along, weights, length)
     filters = _filters(along, cross, weights, shear, length, band, starts, reads).to(dev)
+    if len(starts) == 1:  # one block (small images): no block copies, un-shear with flat indices
+        sheared = torch.bmm(filters[1, 0], z[:, :, 1 : 1 + width])  # column j: channel j // (ext+2), r = j % (ext+2)
+        sheared.baddbmm_(filters[0, 0], z[:, :, :width])
+        sheared.baddbmm_(filters[2, 0], z[:, :, 2 : 2 + width])
+        # out[n, x, c, y] = sheared[n, x, c*(ext+2) + y + span - shear[x]]
+        base = torch.arange(ch, device=dev)[:, None] * (ext + 2) + torch.arange(side, device=dev) + span
+        back = base[None, None] - shear_t[:, :, None, None]
+        out = torch.gather(sheared, 2, back.view(n, length, ch * side)).view(n, length, ch, side)
+        out += _edge_terms(xt, along, cross, weights).view(n, length, ch, side)
+        return out
     # column j of `sheared`: channel j // (ext+2), r = j % (ext+2); the last two columns are never read
     sheared = torch.empty((n, length, ch * (ext + 2)), dtype=xt.dtype, device=dev)
     for t, lo in enumerate(starts.tolist()):

@@ -202,14 +202,24 @@ def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(decoded)
 
 
-def jpeg_compression(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """A real baseline-JPEG round trip through Pillow, the reference's own codec call.
+JPEG_PILLOW_MIN_PIXELS = 96 * 96  # below: torchvision's batched libjpeg calls beat Pillow's per-image overhead
 
-    Pillow releases the GIL while it encodes and decodes, so a small thread pool
-    runs the images in parallel; Pillow is already loaded by the data pipeline,
-    where torchvision.io would cost seconds of import on the first call.
+
+def jpeg_compression(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """A real baseline-JPEG round trip with libjpeg's standard tables at the reference's quality.
+
+    Large images go through Pillow (the reference's own call) in a small thread
+    pool: Pillow releases the GIL while it codes, and it is loaded already, where
+    torchvision.io costs seconds of import on the first call. Small images go
+    through torchvision's batched encode/decode (same bytes, a tenth of Pillow's
+    per-image overhead).
     """
     quality = JPEG_QUALITY[severity - 1]
+    if images.shape[-2] * images.shape[-1] < JPEG_PILLOW_MIN_PIXELS:
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        decoded = decode_jpeg(encode_jpeg(list(images.cpu()), quality=quality))
+        return torch.stack(decoded).to(images.device)
     hwc = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
     workers = max(1, min(len(hwc), torch.get_num_threads() + 1))
     if workers == 1:
