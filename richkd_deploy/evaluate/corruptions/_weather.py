@@ -65,7 +65,9 @@ def snow(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Ten
     layer = torch.round(layer[..., :h, :w].mul_(255.0))  # the reference stores it as uint8
     layer += torch.flip(layer, dims=(-2, -1))  # the layer and its 180-degree rotation
     x = images.to(torch.float32)
-    grey = torch.einsum("nchw,c->nhw", x, x.new_tensor(_GREY)).unsqueeze(1).mul_(1.5).add_(127.5)
+    # OpenCV's grey, *1.5 + 0.5, in 0..255 units; three plane passes, not an einsum (a batched GEMM with K = 3)
+    grey = x[:, :1] * (1.5 * _GREY[0])
+    grey.add_(x[:, 1:2], alpha=1.5 * _GREY[1]).add_(x[:, 2:3], alpha=1.5 * _GREY[2]).add_(127.5)
     out = torch.addcmul(layer, torch.maximum(x, grey), x.new_tensor(1.0 - blend))
     return to_uint8(out.add_(x, alpha=blend))
 
