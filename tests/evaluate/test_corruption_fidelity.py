@@ -147,6 +147,19 @@ def test_large_images_match_the_reference_pixel_for_pixel(name, large_images):
         assert diff.mean() <= mean_tol and diff.max() <= max_tol, f"{name} s{s}: mean {diff.mean()}, max {diff.max()}"
 
 
+def test_pillow_jpeg_path_matches_the_reference(large_images):
+    """Large images take Pillow's codec unless torchvision.io is loaded already (as it may be
+    in this test session): both paths give the reference's bytes."""
+    from functools import partial
+
+    from richkd_deploy.evaluate.corruptions import _digital
+
+    for s in (1, 5):
+        fn = partial(_digital._jpeg_round_trip, quality=_digital.JPEG_QUALITY[s - 1])
+        ours = _digital._pillow_pool(large_images, fn).numpy()
+        np.testing.assert_array_equal(ours, reference(large_images, "jpeg_compression", s))
+
+
 def test_frost_textures_at_224_are_the_references_resized_photographs():
     """At 224 px the reference crops its ice photographs resized by 1.1 (cv2 bicubic, not
     fitted to the image): ours must crop the same textures. (The benchmark's frost and

@@ -22,6 +22,12 @@ Exact in batched form: glass blur's sequential pixel scrambling (replayed in
 conflict-free parallel steps), motion blur's taps (a shear plus three offset
 views, see ``_blur._line_blur``), the plasma fractal of fog, and all the fixed
 filters (defocus, zoom, Gaussian, pixelate, JPEG via libjpeg).
+
+Large images (above 32x32, e.g. 224 px at the edge) take other routes to the
+same numbers where dense operators stop paying: defocus by FFT, zoom as bilinear
+resizes of the centre crops, pixelate's up-sampling on the uint8 result, motion
+blur's filters in bands, JPEG through Pillow in a thread pool (see each function;
+``benchmarks/corruptions.py --size 224`` times them against the reference).
 """
 
 from __future__ import annotations

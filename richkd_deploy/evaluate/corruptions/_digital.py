@@ -8,6 +8,8 @@ edit -> hsv2rgb). Both keep the hue, so they reduce to closed forms on RGB
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache, partial
 from io import BytesIO
@@ -25,6 +27,7 @@ SATURATE = ((0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2))
 ELASTIC_ALPHA = (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12)
 PIXELATE = (0.6, 0.5, 0.4, 0.3, 0.25)
 JPEG_QUALITY = (25, 18, 15, 10, 7)
+PILLOW_MIN_PIXELS = 96 * 96  # from here on Pillow per image (threaded) beats batched torch for pixelate and JPEG
 
 
 def brightness(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
@@ -169,14 +172,24 @@ def _torch_nearest_exact(in_size: int, out_size: int) -> list[int]:
     return F.interpolate(src, size=(out_size, 1), mode="nearest-exact").view(-1).long().tolist()
 
 
+def _pixelate_pillow(image: np.ndarray, factor: float) -> np.ndarray:
+    """The reference's two Pillow resizes on one HWC uint8 image."""
+    h, w = image.shape[:2]
+    small = Image.fromarray(image).resize((int(w * factor), int(h * factor)), Image.BOX)
+    return np.asarray(small.resize((w, h), Image.NEAREST))
+
+
 def pixelate(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     """Box down-sampling then nearest up-sampling, both box passes rounded like Pillow.
 
-    Small images use fused dense operators; large ones down-sample with two
-    GEMMs and up-sample the uint8 result by indexing, which touches a quarter
-    to a third of the pixels in float instead of all of them twice.
+    Small images use fused dense operators; mid-sized ones down-sample with two
+    GEMMs and up-sample the uint8 result by indexing; from `PILLOW_MIN_PIXELS`
+    on (224 px) Pillow's own resizes in a thread pool are faster than any of
+    these (its box filter reads each pixel once, in integer arithmetic).
     """
     h, w = images.shape[-2:]
+    if h * w >= PILLOW_MIN_PIXELS:
+        return _pillow_pool(images, partial(_pixelate_pillow, factor=PIXELATE[severity - 1]))
     if h * w <= Separable.DENSE_MAX_PIXELS:
         horizontal, vertical = _pixelate_ops(severity, h, w)
         small = horizontal.apply(images.to(torch.float32)).add_(0.5).floor_()
@@ -202,29 +215,32 @@ def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(decoded)
 
 
-JPEG_PILLOW_MIN_PIXELS = 96 * 96  # below: torchvision's batched libjpeg calls beat Pillow's per-image overhead
+def _pillow_pool(images: torch.Tensor, fn: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
+    """Apply a per-image Pillow function (HWC uint8 -> HWC uint8) to a batch in a small
+    thread pool: Pillow releases the GIL while it codes and resamples."""
+    hwc = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    workers = max(1, min(len(hwc), torch.get_num_threads() + 1))
+    if workers == 1:
+        out = [fn(im) for im in hwc]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            out = list(pool.map(fn, hwc))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().to(images.device)
 
 
 def jpeg_compression(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     """A real baseline-JPEG round trip with libjpeg's standard tables at the reference's quality.
 
-    Large images go through Pillow (the reference's own call) in a small thread
-    pool: Pillow releases the GIL while it codes, and it is loaded already, where
-    torchvision.io costs seconds of import on the first call. Small images go
-    through torchvision's batched encode/decode (same bytes, a tenth of Pillow's
-    per-image overhead).
+    Small images go through torchvision's batched encode/decode (same bytes, a
+    tenth of Pillow's per-image overhead), and so do large ones once torchvision.io
+    is loaded; otherwise large images go through Pillow (the reference's own call,
+    loaded already) in a small thread pool rather than pay torchvision's import,
+    seconds on the first call, which validate's single pass over the cells pays.
     """
     quality = JPEG_QUALITY[severity - 1]
-    if images.shape[-2] * images.shape[-1] < JPEG_PILLOW_MIN_PIXELS:
+    if images.shape[-2] * images.shape[-1] < PILLOW_MIN_PIXELS or "torchvision.io" in sys.modules:
         from torchvision.io import decode_jpeg, encode_jpeg
 
         decoded = decode_jpeg(encode_jpeg(list(images.cpu()), quality=quality))
         return torch.stack(decoded).to(images.device)
-    hwc = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    workers = max(1, min(len(hwc), torch.get_num_threads() + 1))
-    if workers == 1:
-        out = [_jpeg_round_trip(im, quality) for im in hwc]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            out = list(pool.map(partial(_jpeg_round_trip, quality=quality), hwc))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().to(images.device)
+    return _pillow_pool(images, partial(_jpeg_round_trip, quality=quality))
