@@ -147,6 +147,14 @@ def test_large_images_match_the_reference_pixel_for_pixel(name, large_images):
         assert diff.mean() <= mean_tol and diff.max() <= max_tol, f"{name} s{s}: mean {diff.mean()}, max {diff.max()}"
 
 
+def test_mid_sized_pixelate_matches_the_reference():
+    """Between the dense 32-px operators and Pillow's resizes (from 96x96): two GEMMs and
+    a nearest-exact up-sampling (on the GPU at every size)."""
+    images = synthetic_images(3, size=64, seed=4)[..., :48]
+    for s in corr.SEVERITIES:
+        np.testing.assert_array_equal(corr.corrupt(images, "pixelate", s).numpy(), reference(images, "pixelate", s))
+
+
 def test_pillow_jpeg_path_matches_the_reference(large_images):
     """Large images take Pillow's codec unless torchvision.io is loaded already (as it may be
     in this test session): both paths give the reference's bytes."""

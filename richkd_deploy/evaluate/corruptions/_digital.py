@@ -188,7 +188,7 @@ def pixelate(images: torch.Tensor, severity: int, gen: torch.Generator) -> torch
     these (its box filter reads each pixel once, in integer arithmetic).
     """
     h, w = images.shape[-2:]
-    if h * w >= PILLOW_MIN_PIXELS:
+    if h * w >= PILLOW_MIN_PIXELS and images.device.type == "cpu":
         return _pillow_pool(images, partial(_pixelate_pillow, factor=PIXELATE[severity - 1]))
     if h * w <= Separable.DENSE_MAX_PIXELS:
         horizontal, vertical = _pixelate_ops(severity, h, w)
@@ -238,7 +238,8 @@ def jpeg_compression(images: torch.Tensor, severity: int, gen: torch.Generator) 
     seconds on the first call, which validate's single pass over the cells pays.
     """
     quality = JPEG_QUALITY[severity - 1]
-    if images.shape[-2] * images.shape[-1] < PILLOW_MIN_PIXELS or "torchvision.io" in sys.modules:
+    small = images.shape[-2] * images.shape[-1] < PILLOW_MIN_PIXELS
+    if small or "torchvision.io" in sys.modules or images.device.type != "cpu":
         from torchvision.io import decode_jpeg, encode_jpeg
 
         decoded = decode_jpeg(encode_jpeg(list(images.cpu()), quality=quality))
