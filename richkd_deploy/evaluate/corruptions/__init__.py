@@ -25,8 +25,8 @@ filters (defocus, zoom, Gaussian, pixelate, JPEG via libjpeg).
 
 Large images (above 32x32, e.g. 224 px at the edge) take other routes to the
 same numbers where dense operators stop paying: defocus by FFT, zoom as bilinear
-resizes of the centre crops, pixelate's up-sampling on the uint8 result, motion
-blur's filters in bands, JPEG through Pillow in a thread pool (see each function;
+resizes of the centre crops, motion blur's filters in bands, pixelate and JPEG
+through Pillow in a thread pool from 96x96 on (see each function;
 ``benchmarks/corruptions.py --size 224`` times them against the reference).
 """
 
