@@ -160,7 +160,7 @@ def tool_device(device: str) -> dict[str, Any]:
 
 def qat_entry(qat: Student) -> dict[str, Any]:
     """The manifest's `qat` record of an INT8 artifact made from QAT weights."""
-    return {**qat.meta.get("qat", {}), "student_qat": qat.path.name if qat.path else None,
+    return {**qat.meta.get("qat", {}), "student_qat": f"{qat.path.parent.name}/{qat.path.name}" if qat.path else None,
             "student_qat_sha256": qat.sha256}
 
 
