@@ -339,3 +339,48 @@ def qat_run(run_root: Path, epochs: int, *, quiet: bool = False) -> Path:
     say(f"[qat] wrote {out}: loss per epoch {', '.join(f'{v:.4f}' for v in record['loss_per_epoch'])}; "
         f"fake-quant test top-1 {record['fake_quant_test_top1_per_epoch'][-1]:.4f}")
     return out
+
+
+class _LogitsPair(nn.Module):
+    """A logits-only model as the (logits, features) pair the QAT step reads."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        out = self.model(x)
+        return (out[0] if isinstance(out, (tuple, list)) else out), None
+
+
+def qat_arrays(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, *,
+               batch_size: int = 64, temperature: float = 4.0, w_ce: float = 1.0, w_kd: float = 1.0,
+               symmetric_activations: bool = True, seed: int = 0, optimizer: str = "sgd") -> list[float]:
+    """The same QAT step on in-memory arrays, without a run folder (the recovery benchmark's
+    entry): SGD (momentum 0.9) or Adam (`optimizer`: for a model trained with Adam, or one
+    whose layers differ in scale by orders of magnitude, where one SGD lr cannot fit all),
+    cosine lr over `epochs`, a seeded shuffle per epoch. Trains `student` in place (fake
+    quantization removed at the end); returns the mean loss per epoch."""
+    step = QATStep(_LogitsPair(student), _LogitsPair(teacher), None, 1.0, temperature, w_ce, w_kd,
+                   symmetric_activations)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    try:
+        step.train(True)
+        for _ in range(epochs):
+            total, seen = 0.0, 0
+            for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+                loss = sum(step(x[idx], y[idx], idx)[1].values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, seen = total + loss.item() * len(idx), seen + len(idx)
+            sched.step()
+            losses.append(total / max(seen, 1))
+    finally:
+        step.fake_quant.remove()
+        student.eval()
+    return losses
