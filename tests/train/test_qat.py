@@ -158,3 +158,18 @@ def test_qat_on_a_run_without_a_teacher_is_refused(tmp_path) -> None:
     assert out.returncode == 2, out.stderr
     assert "no teacher" in out.stderr and "Traceback" not in out.stderr
     assert not (run / "export" / "manifest.json").exists()
+
+
+def test_qat_arrays_the_benchmarks_entry_trains_in_place_and_unpatches() -> None:
+    from richkd_deploy.train.qat import qat_arrays
+    from tests.exporters.helpers import TinyNet
+
+    x_np, y_np, *_ = load_images("train", 256)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    losses = qat_arrays(net, TinyNet().eval(), x, y, epochs=2, lr=1e-3, optimizer="adam")
+    assert len(losses) == 2 and all(np.isfinite(losses)) and losses[1] < losses[0]
+    assert "forward" not in vars(net.conv1[0])  # the float forward is back
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
