@@ -23,8 +23,13 @@ same function in float, an outlier activation channel in int8). On it, each in o
 plain MinMax, the method search, the fallback, and the fallback with corrupted
 calibration copies; columns: test top-1 drop and agreement vs FP32 (1,000 test images),
 corruption-accuracy drop (mean over 4 corruptions at severity 3, 500 test images), p50
-at batch 1 and 64. This is a constructed failure, not the issue's real-model table: no
-QAT row (QAT is not built) and no depthwise model trained here (see the report).
+at batch 1 and 64. The QAT row fine-tunes a copy of the trained model with fake
+quantization (`richkd_deploy.train.qat.qat_arrays`: CE + KD towards the FP32 model's own
+logits, as this model has no teacher; Adam at 1% of the training lr, cosine; SGD diverges on
+the constructed failure, whose outlier channel makes one lr too large for some weights
+and too small for others) and quantizes it with plain MinMax;
+its drops are measured against the FP32 model before QAT. `--recovery-arch` trains a zoo
+or torchvision model instead of the constructed failure (e.g. torchvision/mobilenet_v2).
 """
 
 from __future__ import annotations
@@ -86,7 +91,9 @@ def kernel_report(arch: str, threads: int, batch_sizes: list[int], iters: int, b
 
 
 def recovery_table(threads: int, budget_s: float, arch: str | None = None, train_images: int = 3000,
-                   epochs: int = 4) -> list[dict]:
+                   epochs: int = 4, qat_epochs: int = 2, qat_lr: float = 3e-5) -> list[dict]:
+    import copy
+
     import numpy as np
     import torch
     from torch import nn
@@ -101,6 +108,7 @@ def recovery_table(threads: int, budget_s: float, arch: str | None = None, train
     from richkd_deploy.runtime import agreement, top1
     from richkd_deploy.runtime.onnxruntime import make_session, run_session
     from richkd_deploy.runtime.predictions import eval_arrays
+    from richkd_deploy.train.qat import qat_arrays
 
     class Net(nn.Module):
         def __init__(self, w: int = 16) -> None:
@@ -161,9 +169,19 @@ def recovery_table(threads: int, budget_s: float, arch: str | None = None, train
                  ("fallback", Int8Config(), clean_cal),
                  ("fallback + corrupted calibration", Int8Config(), mixed_cal)]
         paths = {}
+        sources = {label: fp32 for label, _, _ in plans}
+        if qat_epochs > 0:  # QAT: the FP32 model's own logits are the target (this model has no teacher)
+            label = f"QAT {qat_epochs} ep + plain minmax"
+            student = copy.deepcopy(net)
+            t0 = time.perf_counter()
+            losses = qat_arrays(student, copy.deepcopy(net), xt, yt, qat_epochs, qat_lr, optimizer="adam")
+            print(f"recovery: QAT {qat_epochs} epoch(s), Adam lr {qat_lr:g} cosine, target FP32 logits + CE: loss per epoch "
+                  f"{', '.join(f'{v:.4f}' for v in losses)} ({time.perf_counter() - t0:.0f} s)")
+            sources[label] = export_onnx(student, Path(tmp) / "qat.onnx", (3, 32, 32), 17, {})
+            plans.append((label, Int8Config(fallback=False), clean_cal))
         for label, cfg, cal in plans:
             path = Path(tmp) / f"{len(paths)}.onnx"
-            rec = tune_int8(fp32, cal, path, cfg, holdout, lambda _m: None)
+            rec = tune_int8(sources[label], cal, path, cfg, holdout, lambda _m: None)
             paths[label] = path
             s8 = make_session(path, threads=threads)
             got = run_session(s8, xte)
@@ -201,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recovery-arch", default=None, help="a zoo model trained instead of the outlier CNN")
     p.add_argument("--train-images", type=int, default=3000)
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--qat-epochs", type=int, default=2, help="recovery table: QAT epochs (0: no QAT row)")
+    p.add_argument("--qat-lr", type=float, default=3e-5,
+                   help="recovery table: QAT Adam learning rate, cosine (default 1%% of the training lr)")
     args = p.parse_args(argv)
     threads = args.threads or default_threads()
     info = machine_info()
@@ -208,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": info, "models": [] if args.no_kernels else
               [kernel_report(a, threads, args.batch_sizes, args.iters, args.budget) for a in args.arch]}
     if args.recovery:
-        report["recovery"] = recovery_table(threads, args.budget, args.recovery_arch, args.train_images, args.epochs)
+        report["recovery"] = recovery_table(threads, args.budget, args.recovery_arch, args.train_images, args.epochs,
+                                            args.qat_epochs, args.qat_lr)
     report["machine_after"] = describe_machine()
     print(report["machine_after"])
     if args.json:

@@ -55,9 +55,14 @@ def coverage_summary(int8: Path, data: ExportData, log: Log) -> dict[str, Any]:
 
 def write_onnx_artifacts(student: Student, data: ExportData, staging: Path, cfg: ExportConfig,
                          log: Log, gates: GatesConfig | None = None,
-                         records: dict[str, Any] | None = None) -> dict[str, Path]:
+                         records: dict[str, Any] | None = None, int8_student: Student | None = None) -> dict[str, Path]:
     """model.onnx, then the reduced-precision graphs derived from it; {precision: path}.
-    `records` receives what the INT8 tuning recorded (for the manifest entry)."""
+    `records` receives what the INT8 tuning recorded (for the manifest entry).
+
+    `int8_student` (QAT, `export --qat`): model.int8.onnx is quantized from an FP32 graph of
+    these weights (a staging file that is not committed) instead of model.onnx, through the
+    same calibration, search and fallback; the holdout gates still compare it with model.onnx,
+    the student the user trained."""
     fp32 = F.get_format("onnx")
     meta = build_metadata(student.payload, cfg.opset, INPUT_NAME, OUTPUT_NAME)
     log(f"[export] {fp32.file}: exporting {student.payload.get('arch', type(student.view).__name__)} "
@@ -72,12 +77,18 @@ def write_onnx_artifacts(student: Student, data: ExportData, staging: Path, cfg:
                 f"activations, {'per-channel' if q.per_channel else 'per-tensor'} weights), "
                 f"{'method search' if q.search else q.method} on {n_cal} training images")
             holdout = holdout_for(data, paths["fp32"], gates or GatesConfig())
+            source = paths["fp32"]
+            if int8_student is not None:
+                source = staging / ".qat.fp32.onnx"
+                export_onnx(int8_student.view, source, int8_student.input_shape, cfg.opset,
+                            build_metadata(int8_student.payload, cfg.opset, INPUT_NAME, OUTPUT_NAME))
+                log(f"[export] {fmt.file}: from the QAT weights ({int8_student.path})")
             calibration = np.concatenate([data.calibration_x[:n_cal],
                                           *(x[:n_cal] for x in data.calibration_corrupted.values())])
             if data.calibration_corrupted:
                 log(f"[export] {fmt.file}: calibration set = clean + {', '.join(data.calibration_corrupted)} "
                     f"({len(calibration)} images)")
-            record = tune_int8(paths["fp32"], calibration, staging / fmt.file, q, holdout, log)
+            record = tune_int8(source, calibration, staging / fmt.file, q, holdout, log)
             record["calibration_mix"] = ["clean", *data.calibration_corrupted]
             if holdout is not None:
                 record["coverage"] = coverage_summary(staging / fmt.file, data, log)
@@ -147,13 +158,19 @@ def tool_device(device: str) -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "gpu": None}
 
 
+def qat_entry(qat: Student) -> dict[str, Any]:
+    """The manifest's `qat` record of an INT8 artifact made from QAT weights."""
+    return {**qat.meta.get("qat", {}), "student_qat": f"{qat.path.parent.name}/{qat.path.name}" if qat.path else None,
+            "student_qat_sha256": qat.sha256}
+
+
 def export_onnx_stage(student: Student, data: ExportData, export_dir: Path, staging: Path, cfg: ExportConfig,
                       device: str, quiet: bool, log: Log, recipe_hash: str | None = None,
-                      gates: GatesConfig | None = None) -> Manifest:
+                      gates: GatesConfig | None = None, int8_student: Student | None = None) -> Manifest:
     """Write, check and commit the ONNX artifacts and the manifest."""
     reference = TorchRuntime(student.view, device)
     records: dict[str, Any] = {}
-    paths = write_onnx_artifacts(student, data, staging, cfg, log, gates, records)
+    paths = write_onnx_artifacts(student, data, staging, cfg, log, gates, records, int8_student)
     parity32 = parity_fp32(reference, data, paths["fp32"], cfg, log)
     student_logits = predict_all(reference, data.test_x, data.batch_size, finite=False)
     logits, skipped = evaluate_artifacts(paths, data, quiet, log)
@@ -173,6 +190,8 @@ def export_onnx_stage(student: Student, data: ExportData, export_dir: Path, stag
             record = dict(records.get("int8", {}))
             extra["quantization"] = {**record.pop("options", {}), "calibration_split": "train"}
             extra["int8_tuning"] = record
+            if int8_student is not None:
+                extra["qat"] = qat_entry(int8_student)
         entries.append(artifact_entry(staging, fmt.file, fmt.kind, precision,
                                       source=F.get_format(fmt.source).file if fmt.source else None,
                                       parity=parity, accuracy=accuracy, extra=extra))

@@ -132,10 +132,16 @@ def train(recipe_file: str, overrides: tuple[str, ...], run_dir: str | None, res
 @click.option("--data", "data_root", type=click.Path(file_okay=False), help="with --weights: image folder "
               "(train/ for calibration, val/ or test/ for the verdict)")
 @click.option("--input-size", type=click.IntRange(8, 4096), help="with --weights: default the model's own")
+@click.option("--qat", is_flag=True, help="fine-tune the student with fake quantization under the run's "
+              "distillation target before making model.int8.onnx (epochs: export.int8.qat_epochs, else 2)")
+@click.option("--qat-epochs", type=int, default=None, help="QAT epochs (implies --qat)")
 @_overrides_option
 def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | None, arch: str | None,
-           data_root: str | None, input_size: int | None, overrides: tuple[str, ...]) -> None:
-    """Export a finished run to ONNX (fp32, fp16, int8 Q/DQ) and, with --trt, TensorRT."""
+           data_root: str | None, input_size: int | None, qat: bool, qat_epochs: int | None,
+           overrides: tuple[str, ...]) -> None:
+    """Export a finished run to ONNX (fp32, fp16, int8 Q/DQ) and, with --trt, TensorRT.
+    With --qat (or export.int8.qat_epochs in the recipe), model.int8.onnx comes from a
+    quantization-aware fine-tune of the student (RUN/qat/student_qat.pt)."""
     from exporters.pipeline import export_run
     from richkd_deploy.evaluate.corruptions import corrupt  # for export.int8.calibration_corruptions
 
@@ -147,8 +153,18 @@ def export(run: str | None, trt: bool, force: bool, quiet: bool, weights: str | 
         adopt_checkpoint(weights, arch, data_root, run, input_size=input_size, force=force, overrides=overrides,
                          log=(lambda m: None) if quiet else click.echo)
     root = _resolve_run(run)
-    export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo,
-               corrupt=corrupt)
+    from richkd_deploy.manifest import check_can_export
+    from richkd_deploy.runs import RunDir, run_lock
+    from richkd_deploy.train.qat import qat_epochs_for, qat_run
+
+    epochs = qat_epochs_for(root, qat, qat_epochs)
+    with run_lock(root, "export"):  # QAT and the export under one lock, as training holds it
+        qat_file = None
+        if epochs > 0:
+            check_can_export(RunDir(root).export_dir, force)  # before the fine-tune, not after
+            qat_file = qat_run(root, epochs, quiet=quiet)
+        export_run(root, trt=trt, force=force, quiet=quiet, log=(lambda m: None) if quiet else click.echo,
+                   corrupt=corrupt, qat_student=qat_file)
     click.echo(f"done: {root / 'export' / 'manifest.json'}")
 
 

@@ -158,6 +158,9 @@ class Int8Config:
     # corrupted copies of the calibration images added to the calibration set, "name:severity"
     # (validate's corruption names, e.g. "gaussian_noise:3"), so the ranges cover what validate feeds
     calibration_corruptions: tuple[str, ...] = ()
+    # teacher-driven QAT before quantizing: fine-tune the student with fake quantization under
+    # the run's own distillation target for this many epochs (0 = off; `export --qat` turns it on)
+    qat_epochs: int = 0
 
     def images(self, export_default: int) -> int:
         """The calibration set size: this section's, else the older `export.calibration_images`."""
@@ -289,6 +292,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
         lambda v: all(e.count(":") == 1 and e.split(":")[0] and e.split(":")[1] in ("1", "2", "3", "4", "5") for e in v),
         "a list of 'name:severity' strings, severity 1..5 (e.g. 'gaussian_noise:3')"),
     "export.int8.max_float_layers": (lambda v: 0 <= v <= 1000, "0..1000"),
+    "export.int8.qat_epochs": (lambda v: 0 <= v <= 1000, "0..1000 (0 = no QAT)"),
     "export.parity_atol": (lambda v: 0 < v <= 10, "a number in (0, 10]"),
     "export.parity_min_agreement": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     "export.parity_images": (lambda v: 1 <= v <= 100000, "1..100000"),

@@ -52,8 +52,8 @@ class StageState:
     def __init__(self, stage: Stage, cfg: OptimConfig, device: torch.device, world_size: int) -> None:
         self.amp = devices.amp_enabled(device, cfg.amp)
         self.optimizer = make_optimizer(stage.parameters, cfg, scaled_lr(stage.lr, cfg, world_size))
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(cfg.milestones),
-                                                              gamma=cfg.gamma)
+        self.scheduler = stage.scheduler(self.optimizer) if stage.scheduler is not None else \
+            torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
         self.scaler = devices.make_scaler(device, self.amp)
         self.world_size = world_size
         self.epoch = 0  # epochs finished

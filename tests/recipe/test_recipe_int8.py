@@ -22,6 +22,8 @@ def test_defaults_and_overrides() -> None:
                             "export.int8.search=true", "export.int8.calibration_corruptions=['fog:2']"])
     assert r.export.int8.method == "entropy" and r.export.int8.images(r.export.calibration_images) == 32
     assert r.export.int8.search and r.export.int8.calibration_corruptions == ("fog:2",)
+    assert q.qat_epochs == 0  # QAT is off unless asked for
+    assert recipe.load(SMOKE, ["export.int8.qat_epochs=3"]).export.int8.qat_epochs == 3
 
 
 @pytest.mark.parametrize("override, message", [
@@ -29,6 +31,7 @@ def test_defaults_and_overrides() -> None:
     ("export.int8.methd=minmax", "did you mean 'method'"),
     ("export.int8.calibration_images=0", "export.int8.calibration_images"),
     ("export.int8.calibration_corruptions=['fog:9']", "name:severity"),
+    ("export.int8.qat_epochs=-1", "export.int8.qat_epochs"),
 ])
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
