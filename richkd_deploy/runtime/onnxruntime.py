@@ -211,6 +211,11 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
     """An InferenceSession on exactly `provider` ("cpu" | "cuda" | "tensorrt"); a
     symmetric INT8 file on the CPU gets `fold_relu_into_quantize` unless `fold_relu`
     is False (the benchmark's "file as is" row)."""
+    return _session(path, provider, threads, fold_relu)[0]
+
+
+def _session(path: str | Path, provider: str, threads: int | None, fold_relu: bool = True) -> tuple[Any, int]:
+    """`make_session`, and how many Relus were folded."""
     ort = require("onnxruntime")
     if provider not in PROVIDERS:
         raise ArtifactError(f"unknown onnxruntime provider {provider!r}; use one of {', '.join(PROVIDERS)}")
@@ -223,7 +228,7 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
     providers: list[Any] = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
     disabled = list(QDQ_DISABLED_OPTIMIZERS) if is_qdq(path) else None
     try:
-        source, _ = session_model(path, provider, fold_relu)
+        source, folded = session_model(path, provider, fold_relu)
         session = ort.InferenceSession(source, opts, providers=providers, disabled_optimizers=disabled)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -233,7 +238,7 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
         raise MissingDependencyError(
             f"onnxruntime could not start {wanted} for {path} (it fell back to {active[0] if active else 'nothing'}); "
             f"check the CUDA/cuDNN/TensorRT libraries, or {_INSTALL.get(provider, 'reinstall onnxruntime')}")
-    return session
+    return session, folded
 
 
 def run_session(session: Any, batch: Any) -> Any:
@@ -250,7 +255,7 @@ class OnnxRuntime(Runtime):
         self.path = Path(path)
         self.provider = provider
         self.name = f"onnxruntime-{provider}"
-        self.session = make_session(self.path, provider, threads)
+        self.session, self.relus_folded = _session(self.path, provider, threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         dims = list(inp.shape)
@@ -261,6 +266,11 @@ class OnnxRuntime(Runtime):
         out = self.session.get_outputs()[0].shape
         if len(out) == 2 and isinstance(out[1], int):
             self.num_classes = out[1]
+
+    def details(self) -> dict[str, Any]:
+        """For an INT8 file on the CPU: how many DQ->Relu->Q chains were folded into the
+        int8 kernels (`fold_relu_into_quantize`), since what runs differs slightly from the file."""
+        return {"relus_folded_into_int8_kernels": self.relus_folded} if self.relus_folded else {}
 
     @classmethod
     def open(cls, path: Path, provider: str | None = None, **kwargs: Any) -> OnnxRuntime:

@@ -15,7 +15,7 @@ from exporters.int8 import Int8Options, preprocess, quantizable_layers, quantize
 from exporters.metadata import read_metadata
 from exporters.onnx_fp32 import export_onnx
 from richkd_deploy.errors import ArtifactError
-from richkd_deploy.runtime import agreement, top1
+from richkd_deploy.runtime import agreement, create_runtime, top1
 from richkd_deploy.runtime.onnxruntime import kernel_counts, make_session, run_session
 
 
@@ -115,6 +115,8 @@ def test_relu_folding_keeps_the_file_and_the_predictions(resnet8_int8: Path, exp
     assert folded == 7 and isinstance(source, bytes)
     assert resnet8_int8.read_bytes() == before
     assert session_model(resnet8_int8, "tensorrt") == (str(resnet8_int8), 0)
+    with create_runtime(resnet8_int8, "cpu", manifest=False) as rt:
+        assert rt.details() == {"relus_folded_into_int8_kernels": 7}
     assert session_model(resnet8_int8.parent / "model.onnx", "cpu") == (str(resnet8_int8.parent / "model.onnx"), 0)
     model = onnx.load(str(resnet8_int8))
     assert fold_relu_into_quantize(model) == 7 and fold_relu_into_quantize(model) == 0  # idempotent
