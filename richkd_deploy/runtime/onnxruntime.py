@@ -84,9 +84,10 @@ def fold_relu_into_quantize(model: Any) -> int:
 
     Not bit-identical to the file, and closer to FP32 where it differs: one rounding at
     `s` instead of two (at `a`, then at `s`), and the upper clamp at 255*s instead of
-    127*s (values beyond the calibrated range are kept, not clipped). Measured on
-    resnet8x4 (synthetic images): the same top-1 on every image and the same max |logit
-    difference| to FP32 as the file run as is. Only Relu is folded (not Clip/Relu6)."""
+    127*s (values beyond the calibrated range are kept, not clipped). Measured on a
+    resnet8 trained on Fashion-MNIST (10,000 test images): the folded session and the file
+    read as is agree on every top-1 (INT8 76.50% vs FP32 77.12% for both). Only Relu is
+    folded (not Clip/Relu6)."""
     from onnx import numpy_helper
 
     graph = model.graph
