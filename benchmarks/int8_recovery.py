@@ -7,11 +7,15 @@ For each model: the FP32 ONNX graph and two Q/DQ INT8 graphs (symmetric activati
 the TensorRT-compatible default; asymmetric activations, `export.int8.symmetric_activations:
 false`, which lets onnxruntime drop the float Relu between int8 kernels) are built from
 the same random-init weights (kernel choice and timing do not depend on the weights),
-calibrated on synthetic images through the eval transform. Printed: the int8 / float
-Conv-Gemm kernels in onnxruntime's optimized graph (`kernel_counts`), p50 latency and
-img/s at each batch size for all three measured interleaved, INT8/FP32 throughput
-ratios, top-1 agreement of each INT8 graph with FP32 on the synthetic images, and the
-machine (ISA flags and load average: the ratios depend on VNNI and on other load).
+calibrated on synthetic images through the eval transform. The symmetric file runs
+twice: `int8` as our runtime loads it on the CPU (Relus folded into the int8 kernels,
+`runtime.onnxruntime.fold_relu_into_quantize`) and `int8-file` as a plain session reads
+the file (float DQ -> Relu -> Q between the kernels). Printed: the int8 / float
+Conv-Gemm kernels and the float Relu/Clip and Q/DQ nodes left in onnxruntime's
+optimized graph (`kernel_counts`), p50 latency and img/s at each batch size for all
+graphs measured interleaved, INT8/FP32 throughput ratios, top-1 agreement of each INT8
+graph with FP32 on the synthetic images, and the machine (ISA flags and load average:
+the ratios depend on VNNI and on other load).
 
     python benchmarks/int8_recovery.py --recovery            # + the recovery table (below)
     python benchmarks/int8_recovery.py --no-kernels --recovery --recovery-arch MobileNetV2 --train-images 6000
@@ -67,14 +71,18 @@ def kernel_report(arch: str, threads: int, batch_sizes: list[int], iters: int, b
         for name, sym in (("int8", True), ("int8-asym", False)):
             paths[name] = quantize_int8(paths["fp32"], array_batches(calibration, 64), Path(tmp) / f"{name}.onnx",
                                         Int8Options(symmetric_activations=sym))
-        sessions = {k: make_session(p, threads=threads) for k, p in paths.items()}
+        paths["int8-file"] = paths["int8"]
+        folded = {"int8-file": False}
+        sessions = {k: make_session(p, threads=threads, fold_relu=folded.get(k, True)) for k, p in paths.items()}
         ref = run_session(sessions["fp32"], check)
-        for name in ("fp32", "int8", "int8-asym"):
-            counts = kernel_counts(paths[name])
-            out[name] = {"kernels": counts["ops"], "int8_kernels": counts["int8"], "float_kernels": counts["float"]}
+        for name in ("fp32", "int8", "int8-file", "int8-asym"):
+            counts = kernel_counts(paths[name], fold_relu=folded.get(name, True))
+            out[name] = {"kernels": counts["ops"], "int8_kernels": counts["int8"], "float_kernels": counts["float"],
+                         "float_activations": counts["float_activations"], "quantize_ops": counts["quantize_ops"]}
             if name != "fp32":
                 out[name]["agreement_with_fp32"] = agreement(ref, run_session(sessions[name], check))
-            print(f"  {arch} {name:9s} kernels: {counts['int8']} int8, {counts['float']} float {counts['ops']}"
+            print(f"  {arch} {name:9s} kernels: {counts['int8']} int8, {counts['float']} float {counts['ops']}, "
+                  f"{counts['float_activations']} float Relu/Clip, {counts['quantize_ops']} Q/DQ"
                   + (f"; top-1 agreement with FP32 {out[name]['agreement_with_fp32']:.4f} on {len(check)} images"
                      if name != "fp32" else ""))
         fns = {k: (lambda x, s=s: run_session(s, x)) for k, s in sessions.items()}

@@ -186,3 +186,62 @@ def corruption_heatmap_png(accuracy: Mapping[str, Any] | None, title: str) -> by
             text = "n/a" if math.isnan(v) else f"{100 * v:.1f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
     return _png(fig)
+
+
+def _kl(entry: Any, mode: str) -> float | None:
+    v = entry.get(mode) if isinstance(entry, Mapping) else None
+    kl = v.get("kl_to_fp32") if isinstance(v, Mapping) else None
+    return float(kl) if isinstance(kl, int | float) and not isinstance(kl, bool) and math.isfinite(kl) else None
+
+
+def sensitivity_label(entry: Mapping[str, Any]) -> str:
+    """'onnx node (torch module)' for a sensitivity row; the node name alone when the
+    module is unknown or the same."""
+    layer, module = str(entry.get("layer", "?")), entry.get("module")
+    return f"{layer} ({module})" if module and str(module) != layer else layer
+
+
+def sensitivity_png(table: Sequence[Any] | None, title: str, fp32_top1: float | None = None) -> bytes | None:
+    """Per-layer INT8 sensitivity (the export manifest's `int8_tuning.sensitivity`): one
+    horizontal bar per Conv/Gemm, the KL(FP32 || INT8) on the holdout with that layer
+    alone quantized, in the table's order (most sensitive first); with the "kept in float
+    alone" measurement too, a second bar per layer. With `fp32_top1`, each bar is
+    annotated with the holdout top-1 drop in points, the figure the INT8 gates judge.
+    KL is drawn rather than top-1 because a single layer rarely moves top-1 on a small
+    holdout, while KL still ranks the layers (it is what the fallback ranks by)."""
+    if not isinstance(table, Sequence) or isinstance(table, str):
+        return None
+    rows = [e for e in table if isinstance(e, Mapping) and _kl(e, "quantized_alone") is not None]
+    if not rows:
+        return None
+    both = all(_kl(e, "kept_float_alone") is not None for e in rows)
+    labels = [sensitivity_label(e) for e in rows]
+    n, per = len(rows), (0.5 if both else 0.3)
+    left_in = 0.3 + max(_text_inches(s, 8) for s in labels)
+    plot_w, top_in, bottom_in = 4.2, 0.45, 0.6
+    right_in = 0.3 + _text_inches("only this layer in float", 7) + 0.6  # the legend sits right of the axes
+    width = max(left_in + plot_w + right_in, left_in + _text_inches(title, 10) + 0.2)
+    height = bottom_in + per * n + top_in + 0.2
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((left_in / width, bottom_in / height, plot_w / width, (per * n + 0.2) / height))
+    y = list(range(n))
+    h = 0.4 if both else 0.7
+    q = [_kl(e, "quantized_alone") or 0.0 for e in rows]
+    ax.barh([i - (h / 2 if both else 0) for i in y], q, height=h, color=_RED, label="only this layer in int8")
+    if both:
+        f = [_kl(e, "kept_float_alone") or 0.0 for e in rows]
+        ax.barh([i + h / 2 for i in y], f, height=h, color=_BLUE, label="only this layer in float")
+    top = max(q + (f if both else [])) or 1.0
+    ax.set_xlim(0, top * 1.3)
+    if fp32_top1 is not None and math.isfinite(fp32_top1):
+        for i, e in enumerate(rows):
+            acc = e["quantized_alone"].get("holdout_top1")
+            if isinstance(acc, int | float) and not isinstance(acc, bool):
+                ax.text(q[i] + top * 0.02, i - (h / 2 if both else 0), f"{100 * (fp32_top1 - acc):+.2f} pp",
+                        va="center", fontsize=7, color="0.2")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()  # most sensitive at the top
+    ax.set_xlabel("KL(FP32 || INT8) on the holdout, nats")
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    return _png(fig)

@@ -344,7 +344,29 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             if isinstance(by_sev, Mapping):
                 out.append(f"| {_md(c)} | " + " | ".join(_fmt(by_sev.get(s), "pct") for s in sev) + " |")
         out.append("")
-    out += ["Plots (reliability diagrams, confidence histograms, corruption heatmaps) are in `report.html`.", ""]
+    for row in rows:
+        sens = row.get("int8_sensitivity")
+        layers = sens.get("layers") if isinstance(sens, Mapping) else None
+        if not isinstance(layers, list) or not layers:
+            continue
+        fp32 = _num(sens.get("fp32_top1"))
+        out += [f"### INT8 sensitivity per layer: `{_md(_row_name(row))}`", "",
+                "Holdout KL to FP32 and top-1 with only this layer in int8 / only this layer kept in float.", "",
+                "| Layer (ONNX node) | Torch module | KL, int8 alone | Top-1 drop, int8 alone "
+                "| KL, float alone | Top-1 drop, float alone |", "|---|---|---:|---:|---:|---:|"]
+        for e in layers:
+            if not isinstance(e, Mapping):
+                continue
+            cells = []
+            for mode in ("quantized_alone", "kept_float_alone"):
+                m = e.get(mode) if isinstance(e.get(mode), Mapping) else {}
+                acc = _num(m.get("holdout_top1"))
+                cells += [_fmt(m.get("kl_to_fp32"), "num"),
+                          _fmt(fp32 - acc, "pp") if fp32 is not None and acc is not None else DASH]
+            out.append(f"| `{_md(e.get('layer', '?'))}` | {_md(e.get('module') or DASH)} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["Plots (reliability diagrams, confidence histograms, corruption heatmaps, INT8 sensitivity) are in "
+            "`report.html`.", ""]
     return "\n".join(out)
 
 
@@ -412,6 +434,17 @@ def _row_plots(row: Mapping[str, Any], ids: _Ids) -> str:
             png, ids("corruptions", name),
             f"Corruption by severity accuracy heatmap for {name}, mean {_fmt(mean, 'pct')}",
             f"Accuracy per corruption and severity; mean {_fmt(mean, 'pct')}.",
+        ))
+    sens = row.get("int8_sensitivity") if isinstance(row.get("int8_sensitivity"), Mapping) else {}
+    layers = sens.get("layers")
+    png = plots.sensitivity_png(layers, f"INT8 sensitivity per layer: {name}", _num(sens.get("fp32_top1")))
+    if png:
+        names = ", ".join(plots.sensitivity_label(e) for e in layers if isinstance(e, Mapping))
+        figs.append(_img(
+            png, ids("sensitivity", name),
+            f"Per-layer INT8 sensitivity for {name}, most sensitive first: {names}",
+            "KL to FP32 on the export holdout with only this layer in int8 (red) and, when measured, with only "
+            "this layer kept in float (blue); labels: ONNX node (torch module); annotations: holdout top-1 drop.",
         ))
     if not figs:
         return ""
@@ -500,7 +533,8 @@ def render_html(results: Mapping[str, Any]) -> str:
         p.append("</ul>")
 
     ids = _Ids()
-    sections = [s for row in rows if _evaluated(row) and (s := _row_plots(row, ids))]
+    # a sensitivity table comes from export, so it is drawn even when the artifact did not run here
+    sections = [s for row in rows if (_evaluated(row) or row.get("int8_sensitivity")) and (s := _row_plots(row, ids))]
     if sections:
         p.append("<h2>Plots</h2>")
         p += sections

@@ -80,6 +80,18 @@ def _precision_of(name: str, entry: dict[str, Any]) -> str:
     return entry.get("precision") or ("int8" if ".int8." in name else "fp16" if ".fp16." in name else "fp32")
 
 
+def sensitivity_doc(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-layer INT8 sensitivity table that export recorded in this artifact's
+    manifest entry (`int8_tuning.sensitivity`, plain JSON), with the holdout FP32 top-1
+    it is measured against, for the report's plot; None when export made no table."""
+    tuning = entry.get("int8_tuning") if isinstance(entry, dict) else None
+    table = tuning.get("sensitivity") if isinstance(tuning, dict) else None
+    if not isinstance(table, list) or not table:
+        return None
+    holdout = tuning.get("holdout")
+    return {"fp32_top1": holdout.get("fp32_top1") if isinstance(holdout, dict) else None, "layers": table}
+
+
 def artifact_rows(run: RunDir, manifest: Manifest | None, artifacts: Sequence[str], provider: str,
                   runtime: str | None, log: Log) -> list[Row]:
     """A row per exported artifact (or per `--artifact`), each sha256-checked as its runtime is created."""
@@ -103,6 +115,8 @@ def artifact_rows(run: RunDir, manifest: Manifest | None, artifacts: Sequence[st
                                 runtime=None if is_engine else runtime)
             rows.append(Row(path.name, "artifact", str(path), rt, rt.name if runtime and not is_engine else name,
                             precision, user_given=bool(artifacts)))
+            if (sens := sensitivity_doc(entries.get(path.name, {}))) is not None:
+                rows[-1].doc["int8_sensitivity"] = sens
         except MissingDependencyError as exc:
             rows.append(Row(path.name, "artifact", str(path), None, name, precision, reason=str(exc)))
             log(f"PENDING {path.name}: {exc}")

@@ -416,3 +416,58 @@ def test_report_displays_in_headless_chromium(written: tuple[Path, Path, float],
     assert attrs.get("images") == str(n_imgs)
     assert attrs.get("plots") == str(n_imgs), "some plots did not decode"
     assert attrs.get("errors") == "0"
+
+
+# --------------------------------------------------------------------------- INT8 sensitivity (issue 15, item 4)
+
+
+def _manifest_entry(kept_float: bool = True) -> dict[str, Any]:
+    """An int8 manifest entry as exporters.int8_tune records it (plain JSON)."""
+    layers = [("/model/layer1/layer1.0/conv1/Conv", "model.layer1.0.conv1", 0.031, 0.90),
+              ("/model/conv1/Conv", "model.conv1", 0.012, 0.91),
+              ("/model/fc/Gemm", "model.fc", 0.004, 0.92)]
+    table = []
+    for layer, module, kl, acc in layers:
+        row: dict[str, Any] = {"layer": layer, "module": module,
+                               "quantized_alone": {"holdout_top1": acc, "kl_to_fp32": kl}}
+        if kept_float:
+            row["kept_float_alone"] = {"holdout_top1": 0.9, "kl_to_fp32": 0.05 - kl}
+        table.append(row)
+    return {"file": "model.int8.onnx", "precision": "int8",
+            "int8_tuning": {"holdout": {"images": 200, "fp32_top1": 0.92}, "sensitivity": table}}
+
+
+@pytest.mark.parametrize("kept_float", [True, False])
+def test_sensitivity_plot_names_every_layer(doc: dict[str, Any], tmp_path: Path, kept_float: bool,
+                                            stub_plots: None) -> None:
+    from richkd_deploy.evaluate.rows import sensitivity_doc
+
+    entry = _manifest_entry(kept_float)
+    int8 = next(r for r in doc["rows"] if r["precision"] == "int8")
+    int8["int8_sensitivity"] = sensitivity_doc(json.loads(json.dumps(entry)))
+    before = len(_parse(render_html(doc | {"rows": [{k: v for k, v in r.items() if k != "int8_sensitivity"}
+                                                   for r in doc["rows"]]})).imgs)
+    md, page = write_reports(doc, tmp_path)
+    html_text, md_text = page.read_text(), md.read_text()
+    c = _parse(html_text)
+    assert c.errors == []
+    sens = [i for i in c.imgs if str(i.get("id", "")).startswith("sensitivity-")]
+    assert len(sens) == 1 and len(c.imgs) == before + 1
+    png = base64.b64decode(str(sens[0]["src"]).split(",", 1)[1])
+    assert Image.open(io.BytesIO(png)).size[1] > 100
+    for e in entry["int8_tuning"]["sensitivity"]:
+        assert e["layer"] in str(sens[0]["alt"]) and e["module"] in str(sens[0]["alt"])
+        assert f"`{e['layer']}`" in md_text and e["module"] in md_text
+    assert "+2.00 pp" in md_text  # conv1 of layer1.0 alone in int8: 0.92 -> 0.90
+
+
+def test_no_sensitivity_table_no_plot(doc: dict[str, Any], tmp_path: Path, stub_plots: None) -> None:
+    from richkd_deploy.evaluate.rows import sensitivity_doc
+
+    assert sensitivity_doc({"file": "model.int8.onnx", "int8_tuning": {"holdout": "none: ..."}}) is None
+    assert sensitivity_doc({"file": "model.onnx"}) is None
+    assert sensitivity_doc({"int8_tuning": {"sensitivity": []}}) is None
+    assert plots.sensitivity_png(None, "t") is None
+    assert plots.sensitivity_png([{"layer": "a", "quantized_alone": {"kl_to_fp32": math.nan}}], "t") is None
+    md, page = write_reports(doc, tmp_path)
+    assert "sensitivity-" not in page.read_text() and "INT8 sensitivity per layer" not in md.read_text()
