@@ -7,10 +7,11 @@ For each model: the FP32 ONNX graph and two Q/DQ INT8 graphs (symmetric activati
 the TensorRT-compatible default; asymmetric activations, `export.int8.symmetric_activations:
 false`, which lets onnxruntime drop the float Relu between int8 kernels) are built from
 the same random-init weights (kernel choice and timing do not depend on the weights),
-calibrated on synthetic images through the eval transform. The symmetric file runs
-twice: `int8` as our runtime loads it on the CPU (Relus folded into the int8 kernels,
-`runtime.onnxruntime.fold_relu_into_quantize`) and `int8-file` as a plain session reads
-the file (float DQ -> Relu -> Q between the kernels). Printed: the int8 / float
+calibrated on synthetic images through the eval transform. The symmetric graph is
+written in both layouts of `export.int8.layout`: `int8` (cpu, what `export` writes
+without --trt: each Relu folded into a uint8 QuantizeLinear, `exporters.int8_fold`) and
+`int8-trt` (tensorrt, symmetric int8 everywhere: float DQ -> Relu -> Q stay between the
+kernels on onnxruntime). Every graph runs as the file reads, in a plain session. Printed: the int8 / float
 Conv-Gemm kernels and the float Relu/Clip and Q/DQ nodes left in onnxruntime's
 optimized graph (`kernel_counts`), p50 latency and img/s at each batch size for all
 graphs measured interleaved, INT8/FP32 throughput ratios, top-1 agreement of each INT8
@@ -68,15 +69,13 @@ def kernel_report(arch: str, threads: int, batch_sizes: list[int], iters: int, b
     out: dict = {"arch": arch, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="richkd-int8-bench-") as tmp:
         paths = {"fp32": export_onnx(view, Path(tmp) / "model.onnx", (3, 32, 32), 17, {"arch": arch})}
-        for name, sym in (("int8", True), ("int8-asym", False)):
+        for name, sym, fold in (("int8", True, True), ("int8-trt", True, False), ("int8-asym", False, False)):
             paths[name] = quantize_int8(paths["fp32"], array_batches(calibration, 64), Path(tmp) / f"{name}.onnx",
-                                        Int8Options(symmetric_activations=sym))
-        paths["int8-file"] = paths["int8"]
-        folded = {"int8-file": False}
-        sessions = {k: make_session(p, threads=threads, fold_relu=folded.get(k, True)) for k, p in paths.items()}
+                                        Int8Options(symmetric_activations=sym, fold_relu=fold))
+        sessions = {k: make_session(p, threads=threads) for k, p in paths.items()}
         ref = run_session(sessions["fp32"], check)
-        for name in ("fp32", "int8", "int8-file", "int8-asym"):
-            counts = kernel_counts(paths[name], fold_relu=folded.get(name, True))
+        for name in ("fp32", "int8", "int8-trt", "int8-asym"):
+            counts = kernel_counts(paths[name])
             out[name] = {"kernels": counts["ops"], "int8_kernels": counts["int8"], "float_kernels": counts["float"],
                          "float_activations": counts["float_activations"], "quantize_ops": counts["quantize_ops"]}
             if name != "fp32":

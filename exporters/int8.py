@@ -46,15 +46,16 @@ QLinearConv. See richkd_deploy.runtime.onnxruntime for the matching session sett
 (common-subexpression elimination is disabled for Q/DQ models, else it merges the pairs
 again), and `kernel_counts` there to count what really runs as int8.
 
-The file is the one TensorRT-shaped graph for every runtime; onnxruntime's CPU speed is
-recovered at load time, not with a second ORT-only file. Symmetric activations keep a
-float `DequantizeLinear -> Relu -> QuantizeLinear` after every int8 kernel in
-onnxruntime's optimized graph (it only drops a Relu whose Q clamps at zero by itself),
-so `richkd_deploy.runtime.onnxruntime` folds each into the kernel in memory
-(`fold_relu_into_quantize`: int8 zero point 0 -> uint8 zero point 0 after the Relu).
-Measured on resnet8x4, batch 64, 1 thread, interleaved in one run (INT8 over FP32
-throughput): 2.4-2.5x as the file reads, 3.7-3.9x folded; top-1 on Fashion-MNIST
-(10,000 test images, a briefly trained resnet8x4) 72.36% folded vs 72.99% FP32. Asymmetric activations (`symmetric_activations: false`)
+Two layouts of the same quantization (`export.int8.layout`): `tensorrt`, the graph described
+above, symmetric int8 Q/DQ everywhere; and `cpu`, the same graph with each
+`DQ -> Relu -> Q` after an int8 kernel folded into a uint8 QuantizeLinear
+(`exporters.int8_fold`), which onnxruntime's CPU provider fuses into the kernel and
+TensorRT rejects. `auto` writes `tensorrt` when the export builds engines (`--trt`) and
+`cpu` otherwise. Either way the rewrite is in the file, so the artifact validate measures is
+the one a deployment loads. Measured on resnet8x4, batch 64, 1 thread, interleaved in one
+run (INT8 over FP32 throughput): 2.4-2.5x for the tensorrt layout on onnxruntime, 3.7-3.9x
+for the cpu layout; top-1 on Fashion-MNIST (10,000 test images, a briefly trained
+resnet8x4) 72.36% (cpu layout) vs 72.99% FP32. Asymmetric activations (`symmetric_activations: false`)
 are no longer the faster choice on onnxruntime: at the residual branch points their
 conv output feeds two Q nodes and stays float (resnet8: 8 of 9 QLinearConv).
 """
@@ -74,6 +75,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters.int8_fold import fold_relu_into_quantize
 from exporters.metadata import set_metadata
 from richkd_deploy.deps import require
 from richkd_deploy.errors import ArtifactError
@@ -103,19 +105,23 @@ class Int8Options:
     """How one INT8 graph is made: the calibration method (onnxruntime's calibrators),
     per-channel weights, symmetric activations (TensorRT needs them; asymmetric ones let
     onnxruntime drop the float Relu between int8 kernels), and the Conv/Gemm nodes of
-    the preprocessed FP32 graph (`quantizable_layers`) kept in float."""
+    the preprocessed FP32 graph (`quantizable_layers`) kept in float. `fold_relu`: the
+    CPU layout (`exporters.int8_fold`), each Relu after an int8 kernel folded into a uint8
+    QuantizeLinear; fast on onnxruntime's CPU provider, refused by TensorRT."""
 
     method: str = "minmax"
     per_channel: bool = True
     symmetric_activations: bool = True
     keep_float: tuple[str, ...] = field(default_factory=tuple)
     quantize_only: tuple[str, ...] = field(default_factory=tuple)  # sensitivity: these layers alone
+    fold_relu: bool = False
 
     def record(self, images: int) -> dict[str, Any]:
         """What the manifest and the file's metadata say about the quantization."""
         return {**QUANT_SETTINGS, "calibration": METHODS[self.method], "per_channel": self.per_channel,
                 "activation_symmetric": self.symmetric_activations, "calibration_images": int(images),
-                "layers_in_float": list(self.keep_float), "tensorrt_compatible": self.symmetric_activations}
+                "layers_in_float": list(self.keep_float), "layout": "cpu" if self.fold_relu else "tensorrt",
+                "tensorrt_compatible": self.symmetric_activations and not self.fold_relu}
 
 
 class _BatchReader:
@@ -347,9 +353,11 @@ def quantize_int8(onnx_path: str | Path, calibration_batches: Iterable[np.ndarra
         pass
     float_output_check(model)
     dedicate_qdq_pairs(model)
+    record = options.record(reader.images)
+    if options.fold_relu:
+        record["relus_folded"] = fold_relu_into_quantize(model)
     props = {p.key: p.value for p in source.metadata_props}
-    props.update({"precision": "int8", "source": onnx_path.name,
-                  "quantization": json.dumps(options.record(reader.images))})
+    props.update({"precision": "int8", "source": onnx_path.name, "quantization": json.dumps(record)})
     set_metadata(model, props)
     try:
         onnx.checker.check_model(model)

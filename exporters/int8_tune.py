@@ -142,7 +142,8 @@ def tune_int8(fp32: Path, calibration: np.ndarray, out_path: Path, cfg: Int8Conf
               log: Log) -> dict[str, Any]:
     """Write model.int8.onnx to `out_path` as the module docstring says; returns the
     record for its manifest entry (candidates, sensitivity, fallback steps, the choice)."""
-    base = Int8Options(cfg.method, cfg.per_channel, cfg.symmetric_activations)
+    base = Int8Options(cfg.method, cfg.per_channel, cfg.symmetric_activations,
+                       fold_relu=cfg.resolved_layout(trt=False) == "cpu")
     with tempfile.TemporaryDirectory(prefix="richkd-int8-tune-") as tmp_:
         tmp = Path(tmp_)
         pre = preprocess(fp32, tmp / "pre.onnx")

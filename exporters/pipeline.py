@@ -8,6 +8,7 @@ a manifest never lists a partial file). This module loads the run and runs them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,10 @@ def export_student(student: Student, data: ExportData, export_dir: Path, cfg: Ex
     if trt and "int8" in cfg.precisions and not cfg.int8.symmetric_activations:
         raise RecipeError("export.int8.symmetric_activations: false gives non-zero zero points, which TensorRT "
                           "rejects; set it to true for --trt, or export without --trt")
+    if trt and "int8" in cfg.precisions and cfg.int8.layout == "cpu":
+        raise RecipeError("export.int8.layout: cpu folds each Relu into a uint8 QuantizeLinear, which TensorRT "
+                          "rejects; set it to auto or tensorrt for --trt, or export without --trt")
+    cfg = replace(cfg, int8=replace(cfg.int8, layout=cfg.int8.resolved_layout(trt)))
     with staging(export_dir) as folder:
         manifest = export_onnx_stage(student, data, export_dir, folder, cfg, device, quiet, log, gates=gates,
                                      int8_student=int8_student)

@@ -75,7 +75,8 @@ def write_onnx_artifacts(student: Student, data: ExportData, staging: Path, cfg:
         if fmt.precision == "int8":
             log(f"[export] {fmt.file}: Q/DQ int8 ({'symmetric' if q.symmetric_activations else 'asymmetric'} "
                 f"activations, {'per-channel' if q.per_channel else 'per-tensor'} weights), "
-                f"{'method search' if q.search else q.method} on {n_cal} training images")
+                f"{'method search' if q.search else q.method} on {n_cal} training images, "
+                f"{q.resolved_layout(trt=False)} layout")
             holdout = holdout_for(data, paths["fp32"], gates or GatesConfig())
             source = paths["fp32"]
             if int8_student is not None:

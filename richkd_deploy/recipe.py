@@ -149,7 +149,11 @@ class Int8Config:
 
     method: Literal["minmax", "entropy", "percentile"] = "minmax"  # onnxruntime's calibrators
     per_channel: bool = True
-    symmetric_activations: bool = True  # false: faster on onnxruntime CPU, but TensorRT rejects it
+    symmetric_activations: bool = True  # false: non-zero zero points, which TensorRT rejects
+    # tensorrt: symmetric int8 Q/DQ everywhere (TensorRT's explicit quantization); cpu: each Relu
+    # after an int8 kernel folded into a uint8 Q (onnxruntime CPU runs it ~1.5x faster; TensorRT
+    # rejects it); auto: tensorrt when the export builds engines (--trt), else cpu
+    layout: Literal["auto", "tensorrt", "cpu"] = "auto"
     calibration_images: int | None = None  # null: export.calibration_images
     search: bool = False  # try every method on the holdout, keep the fastest that passes
     fallback: bool = True  # keep the most sensitive layers in float until the gates hold
@@ -161,6 +165,10 @@ class Int8Config:
     # teacher-driven QAT before quantizing: fine-tune the student with fake quantization under
     # the run's own distillation target for this many epochs (0 = off; `export --qat` turns it on)
     qat_epochs: int = 0
+
+    def resolved_layout(self, trt: bool) -> str:
+        """The layout written: `auto` means tensorrt when engines are built from the file."""
+        return self.layout if self.layout != "auto" else ("tensorrt" if trt else "cpu")
 
     def images(self, export_default: int) -> int:
         """The calibration set size: this section's, else the older `export.calibration_images`."""

@@ -11,15 +11,10 @@ Two things every caller needs and is easy to forget:
   ORT's common-subexpression elimination merges the duplicated pairs that
   `exporters.int8` writes for branch points, so it is disabled for those models
   (measured on resnet8x4: 10/10 convolutions fused instead of 4/10).
-* With symmetric activations (zero point 0) the float `DequantizeLinear -> Relu ->
-  QuantizeLinear` after each int8 kernel stays in the optimized graph: onnxruntime
-  only drops a Relu whose QuantizeLinear clamps at zero by itself (zero point at the
-  type's minimum). Those float chains were ~39% of resnet8x4's INT8 time at batch 64.
-  For the CPU provider, `fold_relu_into_quantize` rewrites the graph in memory before
-  the session loads it: `Q -> DQ -> Relu -> Q(s, 0, int8)` becomes `Q(s, 0, uint8)`,
-  which onnxruntime fuses into the QLinearConv/QLinearAdd before it. The file on disk
-  stays the TensorRT-shaped one (symmetric int8 Q/DQ), so TensorRT and onnxruntime
-  run the same artifact; see that function for the (small) numerical difference.
+* An INT8 file runs as it is written: no graph rewrite at load time, so what validate
+  measures is what a deployment that loads the file gets. The CPU-fast layout (each
+  `DQ -> Relu -> Q` folded into the int8 kernel) is made by the exporter
+  (`exporters.int8_fold`, `export.int8.layout`), not here.
 """
 
 from __future__ import annotations
@@ -62,95 +57,6 @@ def is_qdq(path: str | Path) -> bool:
     return any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
 
 
-def _int8_zero(inits: dict[str, Any], node: Any) -> bool:
-    """True when a Q/DQ node's zero point is an int8 initializer of zeros (symmetric int8)."""
-    from onnx import numpy_helper
-
-    if len(node.input) < 3 or node.input[2] not in inits:
-        return False
-    zp = numpy_helper.to_array(inits[node.input[2]])
-    return zp.dtype == np.int8 and not zp.any()
-
-
-def fold_relu_into_quantize(model: Any) -> int:
-    """Rewrite, in place, each `X -> Q(a) -> DQ(a) -> Relu -> Q(s, 0, int8) -> DQ(s)...`
-    into `X -> Q(s, 0, uint8) -> DQ(s, 0, uint8)...` so that onnxruntime's CPU provider
-    fuses the Relu into the int8 kernel that produces X (a QLinearConv or QLinearAdd);
-    returns how many Relus were folded. A uint8 zero point of 0 clamps negatives to zero
-    exactly as the Relu did. When the Relu output feeds several Q->DQ pairs (the
-    `_dedicated` pairs of `exporters.int8` at a branch point), the first Q serves every
-    DQ: X may only have one consumer to fuse, and uint8 pairs need no S8->U8 rewrite
-    (the reason for the private pairs).
-
-    Not bit-identical to the file, and closer to FP32 where it differs: one rounding at
-    `s` instead of two (at `a`, then at `s`), and the upper clamp at 255*s instead of
-    127*s (values beyond the calibrated range are kept, not clipped). Measured on a
-    resnet8 trained on Fashion-MNIST (10,000 test images): the folded session and the file
-    read as is agree on every top-1 (INT8 76.50% vs FP32 77.12% for both). Only Relu is
-    folded (not Clip/Relu6)."""
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def uint8_zero(like: str) -> str:
-        name = f"{like}_uint8"
-        if name not in inits:
-            shape = numpy_helper.to_array(inits[like]).shape
-            inits[name] = numpy_helper.from_array(np.zeros(shape, np.uint8), name)
-            graph.initializer.append(inits[name])
-        return name
-
-    removed: set[int] = set()
-    folded = 0
-    for relu in list(graph.node):
-        if relu.op_type != "Relu" or relu.output[0] in outputs:
-            continue
-        dq = producer.get(relu.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or q.output[0] in outputs or dq.output[0] in outputs \
-                or len(consumers.get(q.output[0], [])) != 1 or len(consumers.get(dq.output[0], [])) != 1:
-            continue
-        quants = consumers.get(relu.output[0], [])
-        if not quants or any(n.op_type != "QuantizeLinear" or not _int8_zero(inits, n) or n.output[0] in outputs
-                             for n in quants):
-            continue
-        dqs = [d for n in quants for d in consumers.get(n.output[0], [])]
-        if any(d.op_type != "DequantizeLinear" or not _int8_zero(inits, d) for d in dqs):
-            continue
-        first = quants[0]
-        first.input[0] = q.input[0]
-        first.input[2] = uint8_zero(first.input[2])
-        for d in dqs:
-            d.input[0], d.input[1], d.input[2] = first.output[0], first.input[1], first.input[2]
-        removed.update(id(n) for n in (q, dq, relu, *quants[1:]))
-        folded += 1
-    if folded:
-        keep = [n for n in graph.node if id(n) not in removed]
-        del graph.node[:]
-        graph.node.extend(keep)
-    return folded
-
-
-def session_model(path: str | Path, provider: str = "cpu", fold_relu: bool = True) -> tuple[str | bytes, int]:
-    """What the session loads: the path itself, or for a symmetric Q/DQ INT8 file on the
-    CPU provider the bytes of its `fold_relu_into_quantize` rewrite; and how many Relus
-    were folded. Other providers get the file as is (TensorRT needs int8 zero points)."""
-    if not fold_relu or provider != "cpu" or not is_qdq(path):
-        return str(path), 0
-    import onnx
-
-    model = onnx.load(str(path))
-    folded = fold_relu_into_quantize(model)
-    return (model.SerializeToString(), folded) if folded else (str(path), 0)
-
-
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -176,15 +82,14 @@ INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvI
 FLOAT_KERNELS = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm", "FusedMatMul", "NhwcFusedConv")
 
 
-def kernel_counts(path: str | Path, disabled_optimizers: list[str] | None | bool = True,
-                  fold_relu: bool = True) -> dict[str, Any]:
+def kernel_counts(path: str | Path, disabled_optimizers: list[str] | None | bool = True) -> dict[str, Any]:
     """Which compute kernels onnxruntime's CPU provider really runs for `path`: the
     optimized graph is saved (`SessionOptions.optimized_model_filepath`) and its
     Conv/Gemm-like nodes counted as int8 (QLinearConv, QGemm, MatMulInteger, ...) or
     float (Conv, Gemm, ...). A Q/DQ file can look fully quantized and still run
     `DequantizeLinear -> Conv(float) -> QuantizeLinear` when a fusion's conditions
     are not met; this is how to see it. `disabled_optimizers=True` uses the same
-    setting as `make_session`, and `fold_relu` its CPU rewrite. Returns {"int8": n,
+    setting as `make_session`. Returns {"int8": n,
     "float": n, "ops": {op: n}, "float_nodes": [names], "float_activations": n (Relu/Clip
     nodes left in float), "quantize_ops": n (QuantizeLinear + DequantizeLinear left)}."""
     import collections
@@ -197,7 +102,7 @@ def kernel_counts(path: str | Path, disabled_optimizers: list[str] | None | bool
         disabled_optimizers = list(QDQ_DISABLED_OPTIMIZERS) if is_qdq(path) else None
     with tempfile.TemporaryDirectory(prefix="richkd-ortopt-") as tmp:
         opt = Path(tmp) / "optimized.onnx"
-        ort.InferenceSession(session_model(path, "cpu", fold_relu)[0], session_options(1, opt),
+        ort.InferenceSession(str(path), session_options(1, opt),
                              providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers or None)
         nodes = list(onnx.load(str(opt), load_external_data=False).graph.node)
     ops = collections.Counter(n.op_type for n in nodes)
@@ -208,15 +113,8 @@ def kernel_counts(path: str | Path, disabled_optimizers: list[str] | None | bool
             "quantize_ops": ops["QuantizeLinear"] + ops["DequantizeLinear"]}
 
 
-def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, fold_relu: bool = True) -> Any:
-    """An InferenceSession on exactly `provider` ("cpu" | "cuda" | "tensorrt"); a
-    symmetric INT8 file on the CPU gets `fold_relu_into_quantize` unless `fold_relu`
-    is False (the benchmark's "file as is" row)."""
-    return _session(path, provider, threads, fold_relu)[0]
-
-
-def _session(path: str | Path, provider: str, threads: int | None, fold_relu: bool = True) -> tuple[Any, int]:
-    """`make_session`, and how many Relus were folded."""
+def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None) -> Any:
+    """An InferenceSession on exactly `provider` ("cpu" | "cuda" | "tensorrt")."""
     ort = require("onnxruntime")
     if provider not in PROVIDERS:
         raise ArtifactError(f"unknown onnxruntime provider {provider!r}; use one of {', '.join(PROVIDERS)}")
@@ -229,8 +127,7 @@ def _session(path: str | Path, provider: str, threads: int | None, fold_relu: bo
     providers: list[Any] = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
     disabled = list(QDQ_DISABLED_OPTIMIZERS) if is_qdq(path) else None
     try:
-        source, folded = session_model(path, provider, fold_relu)
-        session = ort.InferenceSession(source, opts, providers=providers, disabled_optimizers=disabled)
+        session = ort.InferenceSession(str(path), opts, providers=providers, disabled_optimizers=disabled)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(f"onnxruntime cannot load {path} on {wanted}: {first}") from exc
@@ -239,7 +136,7 @@ def _session(path: str | Path, provider: str, threads: int | None, fold_relu: bo
         raise MissingDependencyError(
             f"onnxruntime could not start {wanted} for {path} (it fell back to {active[0] if active else 'nothing'}); "
             f"check the CUDA/cuDNN/TensorRT libraries, or {_INSTALL.get(provider, 'reinstall onnxruntime')}")
-    return session, folded
+    return session
 
 
 def run_session(session: Any, batch: Any) -> Any:
@@ -256,7 +153,7 @@ class OnnxRuntime(Runtime):
         self.path = Path(path)
         self.provider = provider
         self.name = f"onnxruntime-{provider}"
-        self.session, self.relus_folded = _session(self.path, provider, threads)
+        self.session = make_session(self.path, provider, threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         dims = list(inp.shape)
@@ -267,11 +164,6 @@ class OnnxRuntime(Runtime):
         out = self.session.get_outputs()[0].shape
         if len(out) == 2 and isinstance(out[1], int):
             self.num_classes = out[1]
-
-    def details(self) -> dict[str, Any]:
-        """For an INT8 file on the CPU: how many DQ->Relu->Q chains were folded into the
-        int8 kernels (`fold_relu_into_quantize`), since what runs differs slightly from the file."""
-        return {"relus_folded_into_int8_kernels": self.relus_folded} if self.relus_folded else {}
 
     @classmethod
     def open(cls, path: Path, provider: str | None = None, **kwargs: Any) -> OnnxRuntime:

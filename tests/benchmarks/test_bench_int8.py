@@ -21,8 +21,8 @@ def test_kernel_report_counts_int8_kernels_and_times_every_graph() -> None:
     report = _load().kernel_report("resnet8", 1, [1], iters=2, budget_s=0.0)
     assert report["fp32"]["int8_kernels"] == 0 and report["fp32"]["float_kernels"] == 10
     assert report["int8"]["kernels"] == {"QGemm": 1, "QLinearConv": 9} and report["int8"]["float_kernels"] == 0
-    assert report["int8"]["float_activations"] == 0 and report["int8-file"]["float_activations"] == 7
-    assert report["int8-file"]["kernels"] == report["int8"]["kernels"]
-    for name in ("fp32", "int8", "int8-file", "int8-asym"):
+    assert report["int8"]["float_activations"] == 0 and report["int8-trt"]["float_activations"] == 7
+    assert report["int8-trt"]["kernels"] == report["int8"]["kernels"]
+    for name in ("fp32", "int8", "int8-trt", "int8-asym"):
         assert report[name]["batch1"]["p50_ms"] > 0 and report[name]["batch1"]["throughput_vs_fp32"] > 0
     assert 0 <= report["int8"]["agreement_with_fp32"] <= 1

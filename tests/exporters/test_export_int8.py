@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from exporters.fp16 import convert_fp16
 from exporters.int8 import Int8Options, preprocess, quantizable_layers, quantize_int8
+from exporters.int8_fold import fold_relu_into_quantize
 from exporters.metadata import read_metadata
 from exporters.onnx_fp32 import export_onnx
 from richkd_deploy.errors import ArtifactError
@@ -92,42 +93,60 @@ def test_every_conv_and_gemm_of_resnet8_runs_as_an_int8_kernel(resnet8_int8: Pat
     assert counts["ops"] == {"QGemm": 1, "QLinearConv": 9}, counts
 
 
-def test_no_float_relu_or_qdq_between_int8_kernels_in_our_cpu_sessions(resnet8_int8: Path) -> None:
-    """Our CPU sessions fold each `DQ -> Relu -> Q` into the int8 kernel before it
-    (runtime.onnxruntime.fold_relu_into_quantize): the optimized graph is int8 end to end,
-    with only the input's QuantizeLinear left. Read as is, the file leaves the float chains
-    (7 Relus in resnet8): they were ~39% of the INT8 time at batch 64."""
-    counts = kernel_counts(resnet8_int8)
+@pytest.fixture(scope="module")
+def resnet8_int8_cpu(resnet8_int8: Path) -> Path:
+    """The same resnet8 and calibration in the cpu layout (`export.int8.layout: cpu`)."""
+    x = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    return quantize_int8(resnet8_int8.parent / "model.onnx", [x], resnet8_int8.parent / "model.int8.cpu.onnx",
+                         Int8Options(fold_relu=True))
+
+
+def test_cpu_layout_leaves_no_float_relu_or_qdq_between_int8_kernels(resnet8_int8: Path,
+                                                                      resnet8_int8_cpu: Path) -> None:
+    """The cpu layout folds each `DQ -> Relu -> Q` into a uint8 QuantizeLinear in the file
+    (exporters.int8_fold): onnxruntime's optimized graph is int8 end to end, only the
+    input's QuantizeLinear left. The tensorrt layout keeps the float chains (7 Relus in
+    resnet8; ~39% of the INT8 time at batch 64)."""
+    counts = kernel_counts(resnet8_int8_cpu)
     assert counts["ops"] == {"QGemm": 1, "QLinearConv": 9}, counts
     assert counts["float_activations"] == 0 and counts["quantize_ops"] == 1, counts
-    as_file = kernel_counts(resnet8_int8, fold_relu=False)
-    assert as_file["float_activations"] == 7 and as_file["quantize_ops"] > 10, as_file
+    trt = kernel_counts(resnet8_int8)
+    assert trt["float_activations"] == 7 and trt["quantize_ops"] > 10, trt
+    meta = read_metadata(onnx.load(str(resnet8_int8_cpu)))["quantization"]
+    assert (meta["layout"], meta["relus_folded"], meta["tensorrt_compatible"]) == ("cpu", 7, False)
+    assert read_metadata(onnx.load(str(resnet8_int8)))["quantization"]["layout"] == "tensorrt"
+    model = onnx.load(str(resnet8_int8_cpu))
+    assert fold_relu_into_quantize(model) == 0  # idempotent: nothing left to fold
 
 
-def test_relu_folding_keeps_the_file_and_the_predictions(resnet8_int8: Path, exported: dict, fmnist: dict) -> None:
-    """The rewrite is in memory and only for the CPU provider: the file stays the
-    TensorRT-shaped one (int8 zero points), and the folded session predicts what the
-    file predicts (one rounding instead of two, see fold_relu_into_quantize)."""
-    from richkd_deploy.runtime.onnxruntime import fold_relu_into_quantize, session_model
+def test_our_runtime_runs_the_file_as_written(resnet8_int8: Path) -> None:
+    """What validate measures is what a plain onnxruntime session on the file computes:
+    no rewrite at load time (a load-time fold once made validate's INT8 figures those of
+    another graph than the one a deployment loads)."""
+    import onnxruntime as ort
 
-    before = resnet8_int8.read_bytes()
-    source, folded = session_model(resnet8_int8, "cpu")
-    assert folded == 7 and isinstance(source, bytes)
-    assert resnet8_int8.read_bytes() == before
-    assert session_model(resnet8_int8, "tensorrt") == (str(resnet8_int8), 0)
+    x = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    plain = ort.InferenceSession(str(resnet8_int8), providers=["CPUExecutionProvider"])
+    expected = plain.run(None, {plain.get_inputs()[0].name: x})[0]
     with create_runtime(resnet8_int8, "cpu", manifest=False) as rt:
-        assert rt.details() == {"relus_folded_into_int8_kernels": 7}
-    assert session_model(resnet8_int8.parent / "model.onnx", "cpu") == (str(resnet8_int8.parent / "model.onnx"), 0)
-    model = onnx.load(str(resnet8_int8))
-    assert fold_relu_into_quantize(model) == 7 and fold_relu_into_quantize(model) == 0  # idempotent
+        got = rt.predict(x)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_cpu_layout_predicts_like_the_tensorrt_layout(exported: dict, fmnist: dict) -> None:
+    """One rounding instead of two and a wider upper clamp (see fold_relu_into_quantize): on a
+    trained model the cpu layout agrees with the tensorrt layout and is no further from FP32."""
+    xtr, _ = fmnist["train"]
+    cpu = quantize_int8(exported["fp32"], (xtr[i:i + 64] for i in range(0, 256, 64)),
+                        exported["dir"] / "model.int8.cpu.onnx", Int8Options(fold_relu=True))
     xte, _ = fmnist["test"]
     x = xte[:256]
-    for path in (resnet8_int8, exported["int8"]):
-        fp32 = run_session(make_session(path.parent / "model.onnx"), x)
-        folded_out = run_session(make_session(path), x)
-        file_out = run_session(make_session(path, fold_relu=False), x)
-        assert agreement(file_out, folded_out) >= 0.97
-        assert np.abs(folded_out - fp32).mean() <= np.abs(file_out - fp32).mean() * 1.1
+    fp32 = run_session(make_session(exported["fp32"]), x)
+    cpu_out = run_session(make_session(cpu), x)
+    trt_out = run_session(make_session(exported["int8"]), x)
+    assert agreement(trt_out, cpu_out) >= 0.97
+    assert np.abs(cpu_out - fp32).mean() <= np.abs(trt_out - fp32).mean() * 1.1
+    assert kernel_counts(cpu)["float_activations"] == 0 < kernel_counts(exported["int8"])["float_activations"]
 
 
 def test_kernel_counts_sees_a_float_conv(resnet8_int8: Path, tmp_path: Path) -> None:

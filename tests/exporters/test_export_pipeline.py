@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 import torch
 
@@ -118,6 +119,30 @@ def test_trt_without_tensorrt_keeps_the_onnx_export(export_inputs: dict, tmp_pat
     manifest = read_manifest(d)
     assert [a["file"] for a in manifest["artifacts"]] == FILES
     assert listed_files_ok(d)
+    # engines are built from model.int8.onnx: `layout: auto` wrote the tensorrt layout
+    assert read_metadata(onnx.load(str(d / "model.int8.onnx")))["quantization"]["layout"] == "tensorrt"
+
+
+def test_int8_layout_auto_is_the_cpu_layout_without_trt(export_inputs: dict, tmp_path: Path) -> None:
+    """Without --trt nothing builds an engine from model.int8.onnx, so `layout: auto` writes
+    the layout onnxruntime's CPU provider runs fastest (Relus folded into uint8 Q)."""
+    _export(export_inputs, tmp_path / "export")
+    quant = read_metadata(onnx.load(str(tmp_path / "export" / "model.int8.onnx")))["quantization"]
+    assert quant["layout"] == "cpu" and quant["relus_folded"] > 0 and quant["tensorrt_compatible"] is False
+
+
+def test_cpu_int8_layout_with_tensorrt_is_refused_before_anything_is_written(export_inputs: dict,
+                                                                            tmp_path: Path) -> None:
+    import dataclasses
+
+    from richkd_deploy.errors import RecipeError
+    from richkd_deploy.recipe import Int8Config
+
+    cfg = dataclasses.replace(export_inputs["settings"], int8=Int8Config(layout="cpu"))
+    with pytest.raises(RecipeError, match="layout: cpu"):
+        export_student(export_inputs["student"], export_inputs["data"], tmp_path / "export", cfg, trt=True,
+                       quiet=True, log=lambda _m: None)
+    assert not (tmp_path / "export").exists() or not (tmp_path / "export" / "manifest.json").exists()
 
 
 # ----------------------------------------------------------------------------- run folder level
