@@ -122,8 +122,15 @@ class OptimConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # "step": the lr is multiplied by gamma at each milestone epoch (the CIFAR KD papers'
+    # schedule, shared by the teacher and the student stage). "cosine": set per batch, a
+    # linear warm-up over warmup_epochs, then a cosine decay to 0 at the stage's last step
+    # (each stage over its own epochs; milestones and gamma unused): short runs end
+    # better annealed than with a few steps.
+    schedule: Literal["step", "cosine"] = "step"
     milestones: tuple[int, ...] = (150, 180, 210)
     gamma: float = 0.1
+    warmup_epochs: float = 0.0  # cosine only; may be a fraction of an epoch
     amp: bool = True
     lr_scaling: Literal["none", "linear"] = "none"
     sync_bn: bool = False
@@ -292,6 +299,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "optim.weight_decay": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "optim.milestones": (lambda v: all(m >= 1 for m in v) and list(v) == sorted(v), "increasing positive epochs"),
     "optim.gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "optim.warmup_epochs": (lambda v: 0 <= v <= 10000, "a number of epochs in [0, 10000]"),
     "export.opset": (lambda v: 13 <= v <= 23, "an ONNX opset from 13 to 23"),
     "export.precisions": (lambda v: len(v) >= 1 and "fp32" in v, "a list that includes fp32 (the others derive from it)"),
     "export.calibration_images": (lambda v: 1 <= v <= 100000, "1..100000"),

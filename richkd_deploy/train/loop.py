@@ -49,6 +49,7 @@ from richkd_deploy.train.state import (  # noqa: F401 - re-exported: the loop's 
     load_state,
     make_optimizer,
     scaled_lr,
+    steps_per_batch,
 )
 from richkd_deploy.train.state import check_world_size as _check_world_size  # noqa: F401
 from richkd_deploy.train.stop import StopRequest
@@ -132,7 +133,8 @@ class _StageRun:
                  holdout_loader: Any | None = None) -> None:
         self.stage, self.cfg, self.ctx = stage, cfg, ctx
         self.train_ds, self.test_loader, self.holdout_loader = train_ds, test_loader, holdout_loader
-        self.state = StageState(stage, cfg, ctx.device, ctx.dist.world_size)
+        self.state = StageState(stage, cfg, ctx.device, ctx.dist.world_size, steps_per_epoch=len(self.loader(0)))
+        self.per_batch = steps_per_batch(cfg)
         if ctx.resume and stage.last.exists():
             self.state.restore(stage, cfg, ctx.log)
         _to_channels_last(stage, cfg)
@@ -217,6 +219,8 @@ class _StageRun:
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        if self.per_batch:
+            state.scheduler.step()
         run.step += 1
         n = labels.numel()
         run.seen += n
@@ -235,7 +239,8 @@ class _StageRun:
     def end_epoch(self, epoch: int, run: _Epoch, t0: float) -> dict[str, Any]:
         """Reduce the epoch's sums, evaluate, write metrics and checkpoints, log the row."""
         stage, state, dist = self.stage, self.state, self.ctx.dist
-        state.scheduler.step()
+        if not self.per_batch:
+            state.scheduler.step()
         stats = dist.reduce_sums([run.sums[k] for k in run.sums] + [float(run.correct), float(run.seen)])
         seen_all = max(stats[-1], 1.0)
         test_loss, test_acc = self._evaluate(self.test_loader)

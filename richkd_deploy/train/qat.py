@@ -316,12 +316,11 @@ def qat_run(run_root: Path, epochs: int, *, quiet: bool = False) -> Path:
         f"{step.fake_quant.layers} Conv/Linear layers fake-quantized, target {target} (T={d.temperature}), "
         f"lr {lr:g} cosine" + (f"; resuming from {last}" if resume else ""))
     cfg = dataclasses.replace(recipe.optim, amp=False, compile=False, channels_last=False, lr_scaling="none",
-                              milestones=())
+                              milestones=(), schedule="cosine", warmup_epochs=0.0)  # per batch, down to 0
     stage = Stage(name="qat", module=step, classifier=QATClassifier(step), compute=step, term_names=step.term_names,
                   parameters=[p for p in student.parameters() if p.requires_grad], folder=stage_folder,
                   epochs=epochs, lr=lr, metrics_comments=[f"QAT of {run.student} ({target})"],
-                  checkpoint_meta=settings,
-                  scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs))
+                  checkpoint_meta=settings)
     ctx = TrainContext(device=device, log=rlog, seed=recipe.seed, num_workers=recipe.data.num_workers,
                        resume=resume, quiet=quiet)
     try:

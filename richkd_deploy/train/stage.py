@@ -31,8 +31,6 @@ class Stage:
     lr: float
     metrics_comments: Sequence[str] = ()
     checkpoint_meta: dict[str, Any] = field(default_factory=dict)
-    # the lr schedule, given the optimiser (stepped once per epoch); None: optim.milestones / gamma
-    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None
 
     @property
     def last(self) -> Path:

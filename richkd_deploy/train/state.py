@@ -8,6 +8,7 @@ uninterrupted one on the CPU.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,30 @@ STATE_FORMAT = "richkd-deploy/train-state/1"
 
 def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The stage's lr schedule. "step" is MultiStepLR, stepped once per epoch (the
+    papers' schedule); "cosine" is stepped once per batch (`steps_per_batch` says
+    which): a linear warm-up from lr/W to lr over the first W = warmup_epochs x
+    steps_per_epoch steps, then a cosine from lr down to 0 at the stage's last step."""
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    total = max(1, epochs * steps_per_epoch)
+    warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:  # `step` optimiser steps done: the lr of the next one
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_batch(cfg: OptimConfig) -> bool:
+    """Whether the schedule advances after every optimiser step (else after every epoch)."""
+    return cfg.schedule == "cosine"
 
 
 def scaled_lr(lr: float, cfg: OptimConfig, world_size: int) -> float:
@@ -49,11 +74,11 @@ def load_state(path: Path) -> dict[str, Any]:
 class StageState:
     """A stage's resumable state: built fresh, or restored from its `last.pt`."""
 
-    def __init__(self, stage: Stage, cfg: OptimConfig, device: torch.device, world_size: int) -> None:
+    def __init__(self, stage: Stage, cfg: OptimConfig, device: torch.device, world_size: int,
+                 steps_per_epoch: int = 1) -> None:
         self.amp = devices.amp_enabled(device, cfg.amp)
         self.optimizer = make_optimizer(stage.parameters, cfg, scaled_lr(stage.lr, cfg, world_size))
-        self.scheduler = stage.scheduler(self.optimizer) if stage.scheduler is not None else \
-            torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        self.scheduler = make_scheduler(self.optimizer, cfg, stage.epochs, steps_per_epoch)
         self.scaler = devices.make_scaler(device, self.amp)
         self.world_size = world_size
         self.epoch = 0  # epochs finished
