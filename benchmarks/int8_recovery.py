@@ -196,6 +196,8 @@ def recovery_table(threads: int, budget_s: float, arch: str | None = None, train
             acc_c8 = np.mean([top1(run_session(s8, x), yte[:500]) for x in test_c.values()])
             rows.append({"row": label, "chosen": rec["chosen"], "layers_in_float": rec["layers_in_float"],
                          "passes_on_holdout": rec["passes_on_holdout"],
+                         "holdout_steps": [{k: r.get(k) for k in ("step", "holdout_top1", "agreement_with_fp32", "passes")}
+                                           for r in rec["candidates"] + rec["fallback_steps"]],
                          "top1_drop": top1(ref_test, yte) - top1(got, yte), "agreement": agreement(ref_test, got),
                          "corruption_drop": float(acc_c32 - acc_c8)})
         fns = {"fp32": (lambda x, s=s32: run_session(s, x))}
