@@ -34,8 +34,8 @@ logits, as this model has no teacher; Adam at 1% of the training lr, cosine; SGD
 the constructed failure, whose outlier channel makes one lr too large for some weights
 and too small for others) and quantizes it with plain MinMax;
 its drops are measured against the FP32 model before QAT. `--recovery-arch` trains a zoo
-or torchvision/timm model instead of the constructed failure (e.g. timm/lcnet_050 with --epochs 6:
-plain MinMax loses 1.2 points top-1 there); `--input-size` resizes the images (default 32 px).
+or torchvision/timm model instead of the constructed failure (e.g. timm/lcnet_075 with --epochs 6:
+plain MinMax loses 3.0 points top-1 there); `--input-size` resizes the images (default 32 px).
 """
 
 from __future__ import annotations
