@@ -34,7 +34,8 @@ logits, as this model has no teacher; Adam at 1% of the training lr, cosine; SGD
 the constructed failure, whose outlier channel makes one lr too large for some weights
 and too small for others) and quantizes it with plain MinMax;
 its drops are measured against the FP32 model before QAT. `--recovery-arch` trains a zoo
-or torchvision model instead of the constructed failure (e.g. torchvision/mobilenet_v2).
+or torchvision/timm model instead of the constructed failure (e.g. timm/lcnet_075 with --epochs 6:
+plain MinMax loses 3.0 points top-1 there); `--input-size` resizes the images (default 32 px).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def kernel_report(arch: str, threads: int, batch_sizes: list[int], iters: int, b
 
 
 def recovery_table(threads: int, budget_s: float, arch: str | None = None, train_images: int = 3000,
-                   epochs: int = 4, qat_epochs: int = 2, qat_lr: float = 3e-5) -> list[dict]:
+                   epochs: int = 4, qat_epochs: int = 2, qat_lr: float = 3e-5, input_size: int = 32) -> list[dict]:
     import copy
 
     import numpy as np
@@ -131,13 +132,13 @@ def recovery_table(threads: int, budget_s: float, arch: str | None = None, train
             x = torch.relu(x + self.conv2(self.conv1(x)))
             return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.down(x), 2), 1))
 
-    name = "fashion-mnist"
+    name, size = "fashion-mnist", input_size
     mean, std = data.default_mean_std(name)
     n_train = train_images
     train = data.build_dataset(name, "train", limit=n_train + 600, seed=0)
     test = data.build_dataset(name, "test", limit=1000, seed=0)
-    xtr, ytr = eval_arrays(train, 32, mean, std)
-    xte, yte = eval_arrays(test, 32, mean, std)
+    xtr, ytr = eval_arrays(train, size, mean, std)
+    xte, yte = eval_arrays(test, size, mean, std)
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     net = Net() if arch is None else models.export_view(models.create_model(arch, num_classes=10))
@@ -150,7 +151,7 @@ def recovery_table(threads: int, budget_s: float, arch: str | None = None, train
             opt.zero_grad()
             nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
             opt.step()
-    print(f"recovery: trained {arch or 'the outlier CNN'} on {n_train} images, {epochs} epochs, "
+    print(f"recovery: trained {arch or 'the outlier CNN'} on {n_train} images at {size} px, {epochs} epochs, "
           f"{time.perf_counter() - t0:.0f} s")
     net.eval()
     if arch is None:  # the constructed failure: an outlier channel between conv1 and conv2
@@ -159,12 +160,12 @@ def recovery_table(threads: int, budget_s: float, arch: str | None = None, train
             net.conv1[1].bias[0] *= 1000.0
             net.conv2[0].weight[:, 0] /= 1000.0
     names = ["gaussian_noise", "impulse_noise", "fog", "contrast"]
-    test_c = corrupted_arrays(test, [f"{n}:3" for n in names], corrupt, 32, mean, std, 0, limit=500)
-    cal_c = corrupted_arrays(train, [f"{n}:3" for n in names[:2]], corrupt, 32, mean, std, 0, limit=256)
+    test_c = corrupted_arrays(test, [f"{n}:3" for n in names], corrupt, size, mean, std, 0, limit=500)
+    cal_c = corrupted_arrays(train, [f"{n}:3" for n in names[:2]], corrupt, size, mean, std, 0, limit=256)
     gates = GatesConfig()
     rows = []
     with tempfile.TemporaryDirectory(prefix="richkd-recovery-") as tmp:
-        fp32 = export_onnx(net, Path(tmp) / "model.onnx", (3, 32, 32), 17, {})
+        fp32 = export_onnx(net, Path(tmp) / "model.onnx", (3, size, size), 17, {})
         s32 = make_session(fp32, threads=threads)
         ref_test, ref_hold = run_session(s32, xte), run_session(s32, xtr[n_train:])
         holdout = Holdout(xtr[n_train:], ytr[n_train:], ref_hold, gates.max_top1_drop, gates.min_agreement)
@@ -184,7 +185,7 @@ def recovery_table(threads: int, budget_s: float, arch: str | None = None, train
             losses = qat_arrays(student, copy.deepcopy(net), xt, yt, qat_epochs, qat_lr, optimizer="adam")
             print(f"recovery: QAT {qat_epochs} epoch(s), Adam lr {qat_lr:g} cosine, target FP32 logits + CE: loss per epoch "
                   f"{', '.join(f'{v:.4f}' for v in losses)} ({time.perf_counter() - t0:.0f} s)")
-            sources[label] = export_onnx(student, Path(tmp) / "qat.onnx", (3, 32, 32), 17, {})
+            sources[label] = export_onnx(student, Path(tmp) / "qat.onnx", (3, size, size), 17, {})
             plans.append((label, Int8Config(fallback=False), clean_cal))
         for label, cfg, cal in plans:
             path = Path(tmp) / f"{len(paths)}.onnx"
@@ -195,11 +196,13 @@ def recovery_table(threads: int, budget_s: float, arch: str | None = None, train
             acc_c8 = np.mean([top1(run_session(s8, x), yte[:500]) for x in test_c.values()])
             rows.append({"row": label, "chosen": rec["chosen"], "layers_in_float": rec["layers_in_float"],
                          "passes_on_holdout": rec["passes_on_holdout"],
+                         "holdout_steps": [{k: r.get(k) for k in ("step", "holdout_top1", "agreement_with_fp32", "passes")}
+                                           for r in rec["candidates"] + rec["fallback_steps"]],
                          "top1_drop": top1(ref_test, yte) - top1(got, yte), "agreement": agreement(ref_test, got),
                          "corruption_drop": float(acc_c32 - acc_c8)})
         fns = {"fp32": (lambda x, s=s32: run_session(s, x))}
         fns.update({k: (lambda x, s=make_session(p, threads=threads): run_session(s, x)) for k, p in paths.items()})
-        lat = bench_callables(fns, (3, 32, 32), (1, 64), iters=100, budget_s=budget_s)
+        lat = bench_callables(fns, (3, size, size), (1, 64), iters=100, budget_s=budget_s)
     print(f"recovery table (FP32 test top-1 {top1(ref_test, yte):.4f}, corrupted {acc_c32:.4f}):")
     print(f"  {'':34s} {'top-1 drop':>10s} {'agreement':>9s} {'corr. drop':>10s} {'p50 b1':>8s} {'p50 b64':>8s}  float layers")
     print(f"  {'fp32':34s} {'':>10s} {'':>9s} {'':>10s} {lat[1]['fp32'].p50_ms:8.3f} {lat[64]['fp32'].p50_ms:8.2f}")
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qat-epochs", type=int, default=2, help="recovery table: QAT epochs (0: no QAT row)")
     p.add_argument("--qat-lr", type=float, default=3e-5,
                    help="recovery table: QAT Adam learning rate, cosine (default 1%% of the training lr)")
+    p.add_argument("--input-size", type=int, default=32,
+                   help="recovery table: image side in px (Fashion-MNIST resized; larger inputs give heavier activation tails)")
     args = p.parse_args(argv)
     threads = args.threads or default_threads()
     info = machine_info()
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
               [kernel_report(a, threads, args.batch_sizes, args.iters, args.budget) for a in args.arch]}
     if args.recovery:
         report["recovery"] = recovery_table(threads, args.budget, args.recovery_arch, args.train_images, args.epochs,
-                                            args.qat_epochs, args.qat_lr)
+                                            args.qat_epochs, args.qat_lr, args.input_size)
     report["machine_after"] = describe_machine()
     print(report["machine_after"])
     if args.json:

@@ -26,3 +26,11 @@ def test_kernel_report_counts_int8_kernels_and_times_every_graph() -> None:
     for name in ("fp32", "int8", "int8-trt", "int8-asym"):
         assert report[name]["batch1"]["p50_ms"] > 0 and report[name]["batch1"]["throughput_vs_fp32"] > 0
     assert 0 <= report["int8"]["agreement_with_fp32"] <= 1
+
+
+def test_recovery_input_size_reaches_the_recovery_table(monkeypatch) -> None:
+    mod = _load()
+    seen = {}
+    monkeypatch.setattr(mod, "recovery_table", lambda *a, **k: seen.setdefault("args", a) and [])
+    assert mod.main(["--no-kernels", "--recovery", "--recovery-arch", "timm/lcnet_050", "--input-size", "48"]) == 0
+    assert seen["args"][2] == "timm/lcnet_050" and seen["args"][-1] == 48
