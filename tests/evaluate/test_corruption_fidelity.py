@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from richkd_deploy.evaluate import corruptions as corr
-from richkd_deploy.evaluate.corruptions import _blur, _weather
+from richkd_deploy.evaluate.corruptions import _motion, _weather
 
 try:  # tests/evaluate is not a package today; keep working if it becomes one
     from .test_corruptions import NON_MONOTONE, synthetic_images
@@ -95,7 +95,7 @@ def test_allowed_non_monotone_steps_are_non_monotone_in_the_reference(images):
 @pytest.mark.parametrize("angle", [0.0, 17.0, -45.0, -71.0, -120.0])
 def test_motion_blur_equals_the_reference_for_the_same_angle(angle, images):
     x = images[:3].float()
-    ours = _blur.apply_motion(x, np.full(3, angle), 15, 8.0).numpy()
+    ours = _motion.apply_motion(x, np.full(3, angle), 15, 8.0).numpy()
     want = np.stack([ref_impl._motion_blur(im, 15, 8.0, angle) for im in images[:3].permute(0, 2, 3, 1).numpy()])
     np.testing.assert_allclose(ours, want.transpose(0, 3, 1, 2), atol=1e-3)
 

@@ -9,7 +9,7 @@ import torch
 
 from richkd_deploy.errors import DataError
 from richkd_deploy.evaluate import corruptions as corr
-from richkd_deploy.evaluate.corruptions import _blur
+from richkd_deploy.evaluate.corruptions import _blur, _motion
 
 ALL = corr.CORRUPTIONS + corr.EXTRA_CORRUPTIONS
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression",
@@ -191,7 +191,7 @@ def test_glass_shuffle_replays_the_sequential_loop(delta, monkeypatch):
 
 
 def test_motion_taps_follow_the_reference_rounding_and_stop():
-    rows, cols, weights = _blur.motion_taps(20, 15.0, np.array([0.0, 30.0, -45.0]), 32, 32)
+    rows, cols, weights = _motion.motion_taps(20, 15.0, np.array([0.0, 30.0, -45.0]), 32, 32)
     assert rows[0].tolist() == [0] * 41 and cols[0, :5].tolist() == [0, 1, 2, 3, 4]
     # beyond |offset| >= 32 the reference breaks: weights drop to 0 and are not renormalised
     assert np.all(weights[0, 32:] == 0) and weights[0].sum() < 1.0
@@ -203,8 +203,8 @@ def test_motion_blur_matches_a_direct_sum_of_taps():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.random((4, 3, 32, 36)).astype(np.float32) * 255)
     angles = np.array([7.0, -33.0, -100.0, -60.0])
-    out = _blur.apply_motion(x, angles, 12, 8.0).numpy()
-    rows, cols, weights = _blur.motion_taps(12, 8.0, angles, 32, 36)
+    out = _motion.apply_motion(x, angles, 12, 8.0).numpy()
+    rows, cols, weights = _motion.motion_taps(12, 8.0, angles, 32, 36)
     yy, xx = np.meshgrid(np.arange(32), np.arange(36), indexing="ij")
     for n in range(4):
         want = sum(k * x[n].numpy()[:, np.clip(yy + r, 0, 31), np.clip(xx + c, 0, 35)]

@@ -20,7 +20,7 @@ checked for accuracy fidelity with ``benchmarks/corruptions.py --fidelity``:
 
 Exact in batched form: glass blur's sequential pixel scrambling (replayed in
 conflict-free parallel steps), motion blur's taps (a shear plus three offset
-views, see ``_blur._line_blur``), the plasma fractal of fog, and all the fixed
+views, see ``_motion._line_blur``), the plasma fractal of fog, and all the fixed
 filters (defocus, zoom, Gaussian, pixelate, JPEG via libjpeg).
 
 Large images (above 32x32, e.g. 224 px at the edge) take other routes to the
@@ -36,9 +36,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from ._blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
+from ._blur import defocus_blur, gaussian_blur, glass_blur, zoom_blur
 from ._common import make_generator
 from ._digital import brightness, contrast, elastic_transform, jpeg_compression, pixelate, saturate
+from ._motion import motion_blur
 from ._noise import pixel_noise
 from ._weather import fog, frost, frost_source, snow, spatter
 from .published import load_published

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._blur import _clipped_zoom_matrix, _gaussian_op, apply_motion, random_angles
+from ._blur import _clipped_zoom_matrix, _gaussian_op
 from ._common import Separable, gaussian_matrix, random_uniform, to_uint8
+from ._motion import apply_motion, random_angles
 
 SNOW = (
     (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
