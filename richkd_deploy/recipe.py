@@ -78,6 +78,10 @@ class TeacherConfig:
     checkpoint_member: str | None = None
     sha256: str | None = None
     epochs: int | None = None
+    # The frozen teacher's logits and features: computed once for every training image when
+    # the training transform draws nothing (data.crop_padding 0, data.hflip false, train_crop
+    # pad), else every step. auto: cached when that holds; cached: refuse otherwise; online.
+    targets: Literal["auto", "cached", "online"] = "auto"
     lr: float | None = None
 
 

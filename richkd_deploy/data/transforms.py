@@ -225,6 +225,12 @@ class TrainTransform:
             out[flip] = out[flip][..., ::-1]
         return self.normalize(out.transpose(0, 2, 3, 1))
 
+    @property
+    def deterministic(self) -> bool:
+        """No crop offset and no flip to draw: an image always becomes the same tensor,
+        so a frozen teacher's outputs on it can be computed once (teacher.targets)."""
+        return self.padding == 0 and not self.hflip
+
     def __repr__(self) -> str:
         return f"TrainTransform(size={self.size}, crop_padding={self.padding}, hflip={self.hflip}, {self.normalize!r})"
 
@@ -266,6 +272,9 @@ class EvalTransform:
             images = np.stack([self.prepare_uint8(im) for im in images])
         return self.normalize(images)
 
+    #: Nothing is drawn: the same image always gives the same tensor.
+    deterministic = True
+
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size}, crop_ratio={self.crop_ratio}, {self.normalize!r})"
 
@@ -288,6 +297,9 @@ class RandomResizedCropTransform:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
         self.hflip = bool(hflip)
         self.normalize = Normalize(mean, std)
+
+    #: A crop is drawn for every image, every time.
+    deterministic = False
 
     def box(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(top, left, height, width) of the crop, as torchvision's get_params."""

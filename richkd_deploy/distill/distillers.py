@@ -84,7 +84,10 @@ class Distiller(nn.Module):
     def __init__(self, cfg: Any, student: nn.Module, teacher: nn.Module | None = None,
                  clip_targets: Any | None = None, num_train: int = 0,
                  device: torch.device | str = "cpu", gather: Gather | None = None, seed: int = 0,
-                 train_labels: Any | None = None) -> None:
+                 train_labels: Any | None = None, teacher_targets: Any | None = None) -> None:
+        """`teacher_targets`: the teacher's outputs on every training image, looked up by
+        dataset index instead of running the teacher (`get(indices) -> (logits, features)`;
+        train/teacher_targets.py), for a training transform that draws nothing."""
         super().__init__()
         self.cfg = cfg
         self.device_ = torch.device(device)
@@ -111,6 +114,7 @@ class Distiller(nn.Module):
         # A plain tuple: not a submodule, so not in state_dict(), parameters() or .train().
         self._frozen: tuple[nn.Module | None, Any | None] = (teacher, clip_targets if self.needs_clip else None)
         self._check_classes(student, teacher, clip_targets if self.needs_clip else None)
+        self.teacher_targets = teacher_targets if teacher is not None else None
 
         if self.do_crd:
             if num_train < 1:
@@ -186,7 +190,10 @@ class Distiller(nn.Module):
         if teacher.training:
             teacher.eval()
         with torch.no_grad():
-            logits_t, feats_t = teacher(images)
+            if self.teacher_targets is not None:
+                logits_t, feats_t = self.teacher_targets.get(indices)
+            else:
+                logits_t, feats_t = teacher(images)
             clip_logits = clip_feats = None
             if self.needs_clip:
                 clip_logits, clip_feats = self.clip_targets.get(indices, images)  # type: ignore[union-attr]
@@ -261,7 +268,8 @@ class RichKDLF(Distiller):
 
 def create_distiller(method: str, cfg: Any, student: nn.Module, teacher: nn.Module | None = None,
                      clip_targets: Any | None = None, num_train: int = 0, device: torch.device | str = "cpu",
-                     gather: Gather | None = None, seed: int = 0, train_labels: Any | None = None) -> Distiller:
+                     gather: Gather | None = None, seed: int = 0, train_labels: Any | None = None,
+                     teacher_targets: Any | None = None) -> Distiller:
     """Build the distiller for `method` (a `distill.method` value) from a `DistillConfig`.
 
     `gather` (DDP): a callable concatenating a tensor from all ranks along dim 0; CRD's
@@ -271,4 +279,5 @@ def create_distiller(method: str, cfg: Any, student: nn.Module, teacher: nn.Modu
     """
     if method not in _REGISTRY:
         raise RecipeError(f"distill.method: unknown method {method!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[method](cfg, student, teacher, clip_targets, num_train, device, gather, seed, train_labels)
+    return _REGISTRY[method](cfg, student, teacher, clip_targets, num_train, device, gather, seed, train_labels,
+                             teacher_targets)

@@ -36,6 +36,7 @@ from richkd_deploy.train import devices, rng
 from richkd_deploy.train.context import TrainContext
 from richkd_deploy.train.log import RunLog
 from richkd_deploy.train.loop import FitResult, Stage, evaluate, fit, scaled_lr
+from richkd_deploy.train.teacher_targets import TeacherTargets, build_teacher_targets, should_cache
 
 TEACHER_FORMAT = "richkd-deploy/teacher/1"
 CHECKPOINT_CACHE = Path.home() / ".cache" / "richkd-deploy" / "checkpoints"
@@ -160,11 +161,12 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, 
             pretrained.load_weights(student, recipe.student.arch, recipe.student.init, "student.init",
                                     CHECKPOINT_CACHE, ctx.log, progress=not ctx.log.quiet)
     student = student.to(device)
+    teacher_targets = _teacher_targets(recipe, ds, ctx, teacher)
     # gather: every rank applies the memory-bank update of the whole (all-rank) batch.
     distiller = distill.create_distiller(recipe.distill.method, recipe.distill, student=student, teacher=teacher,
                                          clip_targets=clip_targets, num_train=len(ds.train), device=device,
                                          gather=dist.gather_cat if dist.enabled else None,
-                                         train_labels=ds.train.labels)
+                                         train_labels=ds.train.labels, teacher_targets=teacher_targets)
     distiller.to(device)
     stage = Stage(name="student", module=distiller, classifier=student, compute=distiller,
                   term_names=distill.term_names(recipe.distill.method, recipe.distill),
@@ -173,6 +175,28 @@ def student_stage(recipe: Recipe, run: RunDir, ds: Datasets, ctx: TrainContext, 
                   checkpoint_meta={"arch": recipe.student.arch, "num_classes": len(ds.classes)})
     holdout = _loader(ds.holdout, recipe) if ds.holdout is not None and len(ds.holdout) else None
     return fit(stage, recipe.optim, ctx, ds.train, _loader(ds.test, recipe), holdout), student
+
+
+def _teacher_targets(recipe: Recipe, ds: Datasets, ctx: TrainContext,
+                     teacher: nn.Module | None) -> TeacherTargets | None:
+    """The teacher's outputs on the training set, computed once when `teacher.targets`
+    and the training transform allow it (train/teacher_targets.py); None: run it every step."""
+    if teacher is None or recipe.distill.method == "vanilla":
+        return None
+    features = int(getattr(teacher, "num_features", 0) or 0)
+    cache, why = should_cache(recipe.teacher.targets, ds.train, len(ds.classes), features)
+    if not cache:
+        ctx.log(f"[student] teacher targets online: {why}")
+        return None
+    opt = recipe.optim
+    teacher.to(memory_format=torch.channels_last if opt.channels_last else torch.contiguous_format)
+    targets, seconds = build_teacher_targets(teacher, ds.train, ctx.device, recipe.validate.batch_size,
+                                             ctx.num_workers, recipe.seed,
+                                             amp=devices.amp_enabled(ctx.device, opt.amp),
+                                             channels_last=opt.channels_last)
+    ctx.log(f"[student] teacher targets cached ({why}): {len(targets)} images in {seconds:.1f}s, "
+            f"{targets.nbytes / 1024**2:.0f} MiB; the teacher does not run per step")
+    return targets
 
 
 def select_student(recipe: Recipe, run: RunDir, result: FitResult, student: nn.Module,
@@ -240,6 +264,8 @@ def train_run(recipe: Recipe, run_dir: Path | None = None, resume: bool = False,
             f"{opt.batch_size * dist.world_size}; lr {lr:g} (optim.lr_scaling {rule})"
             + (f"; DDP over {torch.distributed.get_backend()}, sync_bn {opt.sync_bn}" if dist.enabled else ""))
 
+        if recipe.needs_teacher:  # teacher.targets: cached on a transform that draws: refuse before any training
+            should_cache(recipe.teacher.targets, ds.train, len(ds.classes), 0)
         ctx = TrainContext(device=device, log=log, seed=recipe.seed, num_workers=recipe.data.num_workers,
                            resume=resume, quiet=quiet, dist=dist)
         teacher, teacher_source = (None, None)
