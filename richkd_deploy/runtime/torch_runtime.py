@@ -63,6 +63,12 @@ class TorchRuntime(Runtime):
                 self.input_shape = (int(info.get("channels", 3)), int(size), int(size))
             self.num_classes = info.get("num_classes")
         self.model = model.eval().to(self.device)
+        # NHWC: oneDNN's convolutions run about 1.4x faster in it on the CPU (resnet8, 32 px,
+        # batch 128-512, 2 threads); the inputs are converted per chunk to match. Only for a
+        # model this runtime loaded itself: a caller's module is not converted under it.
+        self.channels_last = self.device.type == "cpu" and self.path is not None
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     @classmethod
     def open(cls, path: Path, provider: str | None = None, **kwargs: Any) -> TorchRuntime:
@@ -83,7 +89,10 @@ class TorchRuntime(Runtime):
         outs = []
         with torch.inference_mode():
             for i in range(0, len(batch), step):
-                out = self.model(torch.from_numpy(batch[i:i + step]).to(self.device))
+                x = torch.from_numpy(batch[i:i + step]).to(self.device)
+                if self.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out = self.model(x)
                 if isinstance(out, (tuple, list)):
                     out = out[0]  # (logits, features) models
                 outs.append(out.float().cpu().numpy())

@@ -35,3 +35,21 @@ def test_cpu_batches_are_split_by_pixels_with_identical_logits() -> None:
     model.sizes.clear()
     predict_all(rt, x[:, :, :32, :32].copy(), batch_size=256)
     assert model.sizes == [40]  # 32-px images: one pass, as before
+
+
+def test_a_loaded_checkpoint_runs_in_channels_last_with_the_same_logits(tmp_path) -> None:
+    from richkd_deploy.models import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=5).eval()
+    save_checkpoint({"arch": "resnet8", "num_classes": 5, "model": model.state_dict()}, tmp_path / "t.pt")
+    rt = TorchRuntime(tmp_path / "t.pt")
+    convs = [m.weight for m in rt.model.modules() if isinstance(m, nn.Conv2d)]
+    assert rt.channels_last and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    x = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(predict_all(rt, x, batch_size=8), expected, rtol=1e-4, atol=1e-4)
+    caller = create_model("resnet8", num_classes=5).eval()
+    assert not TorchRuntime(caller).channels_last  # a caller's module is left as it was
+    assert all(m.weight.is_contiguous() for m in caller.modules() if isinstance(m, nn.Conv2d))
