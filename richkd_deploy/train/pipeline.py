@@ -190,7 +190,9 @@ def _teacher_targets(recipe: Recipe, ds: Datasets, ctx: TrainContext,
         return None
     opt = recipe.optim
     teacher.to(memory_format=torch.channels_last if opt.channels_last else torch.contiguous_format)
-    targets, seconds = build_teacher_targets(teacher, ds.train, ctx.device, recipe.validate.batch_size,
+    # The training batch size: the batches the teacher would have run online (and on a CPU
+    # a small batch's activations stay in cache: resnet8 at 32 px ran 2.6x faster at 256 than 1,024).
+    targets, seconds = build_teacher_targets(teacher, ds.train, ctx.device, opt.batch_size,
                                              ctx.num_workers, recipe.seed,
                                              amp=devices.amp_enabled(ctx.device, opt.amp),
                                              channels_last=opt.channels_last)
