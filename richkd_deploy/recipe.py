@@ -101,6 +101,10 @@ class ClipConfig:
     logit_scale: Literal["learned"] | float = "learned"
     targets: Literal["cached", "online"] = "cached"
     batch_size: int = 128
+    # Processes decoding and resizing images for the cache build (CLIP's own PIL
+    # preprocessing per image); null: data.num_workers. The build runs alone, so it can
+    # use workers where training on a small CPU cannot.
+    num_workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "teacher.epochs": (lambda v: v is None or 1 <= v <= 10000, "null or 1..10000"),
     "teacher.lr": (lambda v: v is None or 0 < v <= 10, "null or a number in (0, 10]"),
     "clip.batch_size": (lambda v: 1 <= v <= 65536, "1..65536"),
+    "clip.num_workers": (lambda v: v is None or 0 <= v <= 256, "null or 0..256"),
     "clip.logit_scale": (lambda v: v == "learned" or 0 < v <= 1000, "'learned' or a number in (0, 1000]"),
     "clip.templates": (lambda v: len(v) >= 1 and all("{}" in t for t in v), "a non-empty list of strings each containing '{}'"),
     "distill.temperature": (lambda v: 0 < v <= 100, "a number in (0, 100]"),

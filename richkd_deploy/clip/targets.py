@@ -56,7 +56,8 @@ def prepare_clip_targets(recipe: Any, run_dir: RunDir, train_ds: Any, test_ds: A
     """
     device = torch.device(device)
     cfg = recipe.clip
-    workers = recipe.data.num_workers if num_workers is None else num_workers
+    workers = num_workers if num_workers is not None else (
+        cfg.num_workers if getattr(cfg, "num_workers", None) is not None else recipe.data.num_workers)
     loaded = load_clip(cfg.model, cfg.pretrained, cfg.allow_random, device, log=log)
     classes = list(train_ds.classes)
     if test_ds is not None and list(test_ds.classes) != classes:

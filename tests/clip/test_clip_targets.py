@@ -169,3 +169,19 @@ def test_with_the_toolkits_own_dataset(tmp_path):
     assert src.fingerprint["content_sha256"] == train.fingerprint()
     assert not prepare(tmp_path, train, test).built_now
     assert prepare(tmp_path, train.subset(range(29)), test).built_now  # a limit changes the rows
+
+
+@pytest.mark.parametrize("clip_workers, expected", [(None, 0), (2, 2)])
+def test_the_cache_build_uses_clip_num_workers_else_the_datas(tmp_path, monkeypatch, clip_workers, expected):
+    import richkd_deploy.clip.targets as targets_mod
+
+    seen: list[int] = []
+    real = targets_mod.build_clip_cache
+
+    def spy(loaded, head, train_ds, clip_dir, fp, device, batch_size, workers, *args, **kwargs):
+        seen.append(workers)
+        return real(loaded, head, train_ds, clip_dir, fp, device, batch_size, workers, *args, **kwargs)
+
+    monkeypatch.setattr(targets_mod, "build_clip_cache", spy)
+    src = prepare(tmp_path, FakeDataset(n=24), num_workers=clip_workers)  # data.num_workers is 0
+    assert seen == [expected] and src.built_now
